@@ -1,0 +1,53 @@
+"""Build a MultimodalGPT from a ModelConfig: the decoder, then each modality's encoder and projector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmtransfer.config import ModelConfig, from_dict
+from mmtransfer.decoder import hidden_size, load_decoder, load_tokenizer
+from mmtransfer.encoders import build_encoder
+from mmtransfer.model import MODALITIES, MultimodalGPT
+from mmtransfer.projectors import build_projector
+
+
+def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None = None) -> MultimodalGPT:
+    """Build a model. ``config`` may be a ``ModelConfig`` or the same as a plain dict (e.g. from YAML).
+
+    Example (image captioning, GPT-2 decoder frozen, MLP projector trained)::
+
+        model = build_model({
+            "decoder": {"model": "gpt2"},
+            "image_encoder": {"name": "timm", "model_name": "vit_small_patch16_224"},
+            "image_projector": {"name": "mlp"},
+        })
+    """
+    if isinstance(config, dict):
+        config = from_dict(ModelConfig, config)
+    decoder = load_decoder(config.decoder)
+    tokenizer = load_tokenizer(config.decoder, tokenizer_dir)
+    encoders, projectors = {}, {}
+    for modality in MODALITIES:
+        enc_cfg = getattr(config, f"{modality}_encoder")
+        if enc_cfg is None:
+            continue
+        encoders[modality] = _build_encoder(modality, enc_cfg)
+        proj_cfg = dict(getattr(config, f"{modality}_projector") or {"name": "mlp"})
+        name = proj_cfg.pop("name")
+        projectors[modality] = build_projector(
+            name, encoders[modality].out_dim, hidden_size(decoder), **proj_cfg
+        )
+    model = MultimodalGPT(config, decoder, tokenizer, encoders, projectors)
+    return model.to(torch.float32)
+
+
+def _build_encoder(modality: str, cfg: dict[str, Any]):
+    cfg = dict(cfg)
+    if "name" not in cfg:
+        raise ValueError(f"{modality}_encoder: needs a 'name' (see mmtransfer.list_encoders())")
+    encoder = build_encoder(cfg.pop("name"), **cfg)
+    if encoder.modality != modality:
+        raise ValueError(f"{modality}_encoder: '{type(encoder).__name__}' is a {encoder.modality} encoder")
+    return encoder

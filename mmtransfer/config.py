@@ -1,0 +1,143 @@
+"""Model configuration: dataclasses <-> dicts / YAML, with errors that name the bad field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the field (and file, when known)."""
+
+
+@dataclass
+class DecoderConfig:
+    """The causal LM. ``model``: hub id or local dir; ``config``: an HF config dict to build from instead."""
+
+    model: str = "gpt2"
+    pretrained: bool = True
+    config: dict[str, Any] | None = None  # e.g. {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, ...}
+    tokenizer: str | None = None  # hub id or dir; defaults to ``model``
+
+
+@dataclass
+class LoraConfig:
+    """LoRA settings passed to peft when the decoder policy is ``lora``."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class TrainableConfig:
+    """What trains. Each policy is ``frozen``, ``full``, ``last:N`` (last N layers), or ``lora`` (decoder)."""
+
+    image_encoder: str = "frozen"
+    audio_encoder: str = "frozen"
+    projectors: str = "full"
+    decoder: str = "frozen"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class ModelConfig:
+    """A whole multimodal model: encoders and projectors per modality, the decoder and the task set-up.
+
+    Encoder dicts are ``build_encoder`` kwargs with ``name`` (e.g. ``{"name": "timm", "model_name":
+    "resnet18"}``); projector dicts are ``build_projector`` kwargs with ``name`` (``in_dim``/``out_dim``
+    are filled in from the encoder and decoder).
+    """
+
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    image_encoder: dict[str, Any] | None = None
+    image_projector: dict[str, Any] | None = None
+    audio_encoder: dict[str, Any] | None = None
+    audio_projector: dict[str, Any] | None = None
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    labels: list[str] | None = None  # class names for classify()
+    classifier: str = "lm"  # "lm": score label words with the LM; "head": linear head on the last hidden state
+    prompts: dict[str, str] = field(default_factory=dict)  # task -> template, see mmtransfer.prompts
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_in(hints[name])
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = from_dict(sub, value, path) if sub is not None and value is not None else value
+    return cls(**kwargs)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass type inside a hint such as ``Foo`` or ``Foo | None``, else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain JSON/YAML-serialisable data."""
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a mapping")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON file; errors name the file."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None

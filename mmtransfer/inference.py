@@ -1,0 +1,128 @@
+"""The inference API on every model: ``caption``, ``transcribe``, ``answer``, ``classify``, ``generate``.
+
+Each takes one item or a list and returns one result or a list to match. Generation is transformers'
+``generate`` over the spliced ``inputs_embeds`` with a KV cache: left padding, and position ids from
+the attention mask, so a batch gives the same greedy tokens as one input at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from mmtransfer.processing import DEFAULT_PROMPTS
+
+
+def _as_list(x: Any) -> tuple[list[Any], bool]:
+    """(items, was_single): strings, paths, images and 1-D arrays count as one item."""
+    if isinstance(x, (list, tuple)):
+        return list(x), False
+    return [x], True
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+class InferenceMixin:
+    """Methods shared by models that have ``processor``, ``decoder``, ``tokenizer``, ``config``."""
+
+    def prompt_template(self, task: str) -> str:
+        return self.config.prompts.get(task, DEFAULT_PROMPTS[task])
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Any] | None = None,
+        audio: Sequence[Any] | None = None,
+        sample_rate: int | None = None,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+    ) -> list[str]:
+        """Generate a continuation for each prompt (with its image / audio, if any); returns decoded text."""
+        results: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            sl = slice(i, i + batch_size)
+            batch = self.processor(
+                prompts[sl],
+                images=None if images is None else images[sl],
+                audio=None if audio is None else audio[sl],
+                sample_rate=sample_rate,
+            )
+            results += self._generate_batch(
+                _to(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
+                do_sample=do_sample, temperature=temperature, top_p=top_p,
+            )
+        return results
+
+    def _generate_batch(self, batch: dict[str, Any], **gen_kwargs: Any) -> list[str]:
+        embeds, mask, positions, _ = self.embed(
+            batch["input_ids"], batch["attention_mask"], image=batch.get("image"), audio=batch.get("audio")
+        )
+        if not gen_kwargs["do_sample"]:
+            gen_kwargs.pop("temperature")
+            gen_kwargs.pop("top_p")
+        tok = self.tokenizer
+        out = self.decoder.generate(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **gen_kwargs,
+        )  # [B, new] (only new tokens when generating from inputs_embeds)
+        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+    def caption(self, images: Any, **gen_kwargs: Any) -> str | list[str]:
+        """Caption one image (path, PIL image) or a list of them."""
+        items, single = _as_list(images)
+        out = self.generate([self.prompt_template("caption")] * len(items), images=items, **gen_kwargs)
+        return out[0] if single else out
+
+    def transcribe(self, audio: Any, sample_rate: int | None = None, **gen_kwargs: Any) -> str | list[str]:
+        """Transcribe one clip (path, or array/tensor at ``sample_rate``) or a list of them."""
+        items, single = _as_list(audio)
+        prompts = [self.prompt_template("transcribe")] * len(items)
+        out = self.generate(prompts, audio=items, sample_rate=sample_rate, **gen_kwargs)
+        return out[0] if single else out
+
+    def answer(self, images: Any, questions: str | Sequence[str], **gen_kwargs: Any) -> str | list[str]:
+        """Answer a question about an image, or one question per image for lists."""
+        items, single = _as_list(images)
+        qs, _ = _as_list(questions)
+        if len(qs) != len(items):
+            raise ValueError(f"got {len(qs)} questions for {len(items)} images")
+        prompts = [self.prompt_template("answer").format(question=q) for q in qs]
+        out = self.generate(prompts, images=items, **gen_kwargs)
+        return out[0] if single else out
+
+    @torch.inference_mode()
+    def classify(
+        self, texts: str | Sequence[str], shots: Sequence[tuple[str, str]] = (), batch_size: int = 16
+    ) -> str | list[str]:
+        """Label one text or a list. With a classification head: its argmax. Otherwise zero-shot / few-shot
+        scoring: each label's tokens are scored by the LM after the prompt (preceded by ``shots``,
+        (text, label) examples), and the most likely label wins."""
+        items, single = _as_list(texts)
+        labels = self.config.labels
+        if not labels:
+            raise ValueError("classify() needs config.labels, the class names")
+        template = self.prompt_template("classify")
+        context = "".join(f"{template.format(text=t)} {y}\n\n" for t, y in shots)
+        prompts = [context + template.format(text=t) for t in items]
+        preds: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            if self.head is not None:
+                batch = _to(self.processor.tokenize(chunk), self.device)
+                logits = self(batch["input_ids"], batch["attention_mask"]).logits  # [b, C]
+                preds += [labels[j] for j in logits.argmax(-1).tolist()]
+                continue
+            pairs = [p for p in chunk for _ in labels]
+            targets = [f" {y}" for _ in chunk for y in labels]
+            batch = _to(self.processor.tokenize(pairs, targets, add_eos=False), self.device)
+            scores = self.sequence_logprobs(batch).view(len(chunk), len(labels))  # [b, C]
+            preds += [labels[j] for j in scores.argmax(-1).tolist()]
+        return preds[0] if single else preds

@@ -1,0 +1,157 @@
+"""MultimodalGPT: encoders -> projectors -> spliced into a pretrained causal LM's ``inputs_embeds``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mmtransfer.config import ModelConfig, TrainableConfig
+from mmtransfer.decoder import hidden_size, placeholder_ids
+from mmtransfer.encoders.base import Encoder
+from mmtransfer.inference import InferenceMixin
+from mmtransfer.processing import Processor
+from mmtransfer.splice import IGNORE_INDEX, splice
+from mmtransfer.trainable import add_lora, apply_policy, check_policy
+
+MODALITIES = ("image", "audio")
+
+
+@dataclass
+class Output:
+    """``loss`` (scalar, or None without targets) and ``logits``: [B, L, V] for the LM, [B, C] for a head."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class MultimodalGPT(InferenceMixin, nn.Module):
+    """Any subset of {image, audio, text prompt} -> text, through a pretrained causal LM.
+
+    Build it with ``mmtransfer.build_model(config)``; load a saved one with ``mmtransfer.load(dir)``.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        decoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        encoders: dict[str, Encoder],
+        projectors: dict[str, nn.Module],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.encoders = nn.ModuleDict(encoders)
+        self.projectors = nn.ModuleDict(projectors)
+        self.head = None
+        if config.classifier == "head":
+            if not config.labels:
+                raise ValueError("classifier 'head' needs config.labels (the class names)")
+            self.head = nn.Linear(hidden_size(decoder), len(config.labels))
+        elif config.classifier != "lm":
+            raise ValueError(f"classifier: '{config.classifier}' is not 'lm' or 'head'")
+        self.placeholders = placeholder_ids(tokenizer)
+        self.processor = Processor(tokenizer, dict(self.encoders.items()))
+        self.set_trainable(config.trainable)
+
+    # -- what trains ---------------------------------------------------------------------------
+    def set_trainable(self, cfg: TrainableConfig) -> None:
+        """Apply a trainable policy to every component (the only place ``requires_grad`` is set)."""
+        for modality, encoder in self.encoders.items():
+            policy = getattr(cfg, f"{modality}_encoder")
+            check_policy(policy, f"{modality}_encoder")
+            apply_policy(encoder, policy)
+        check_policy(cfg.projectors, "projectors")
+        for projector in self.projectors.values():
+            apply_policy(projector, cfg.projectors)
+        check_policy(cfg.decoder, "decoder", allow_lora=True)
+        if cfg.decoder == "lora":
+            if not hasattr(self.decoder, "peft_config"):
+                self.decoder = add_lora(self.decoder, cfg.lora)
+        else:
+            apply_policy(self.decoder, cfg.decoder)
+        if self.head is not None:
+            self.head.requires_grad_(True)
+        self.config.trainable = cfg
+
+    def train(self, mode: bool = True) -> "MultimodalGPT":
+        """Like ``nn.Module.train``, but frozen encoders stay in eval mode (no dropout / BN updates)."""
+        super().train(mode)
+        for encoder in self.encoders.values():
+            if not any(p.requires_grad for p in encoder.parameters()):
+                encoder.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- forward -----------------------------------------------------------------------------------
+    def encode(self, modality: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder inputs (or cached ``features`` [B, N, D] + ``mask``) -> projected prefix [B, M, D_lm] + mask [B, M]."""
+        if "features" in inputs:
+            feats, mask = inputs["features"], inputs["mask"]
+        else:
+            feats, mask = self.encoders[modality](**inputs)  # [B, N, D], [B, N]
+        return self.projectors[modality](feats, mask.bool())
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **modal_inputs: dict[str, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Token ids + modality inputs -> (inputs_embeds [B, L, D], attention_mask, position_ids, labels)."""
+        prefixes = {}
+        for modality, inputs in modal_inputs.items():
+            if inputs is not None:
+                emb, mask = self.encode(modality, inputs)
+                prefixes[self.placeholders[modality]] = (emb, mask)
+        return splice(self.decoder.get_input_embeddings(), input_ids, attention_mask, prefixes, labels)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        image: dict[str, torch.Tensor] | None = None,
+        audio: dict[str, torch.Tensor] | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> Output:
+        """LM loss on target tokens only, or (with a classification head) cross-entropy on ``class_labels`` [B]."""
+        embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, image=image, audio=audio)
+        if self.head is not None:
+            out = self.decoder(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                output_hidden_states=True, logits_to_keep=1,
+            )
+            logits = self.head(out.hidden_states[-1][:, -1])  # left-padded: the last position is real  [B, C]
+            loss = F.cross_entropy(logits, class_labels) if class_labels is not None else None
+            return Output(loss, logits)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels)
+        return Output(out.loss, out.logits)
+
+    def sequence_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Sum of log-probabilities of each row's target tokens: [B]. Used to score label words."""
+        embeds, mask, positions, labels = self.embed(
+            batch["input_ids"], batch["attention_mask"], batch["labels"],
+            image=batch.get("image"), audio=batch.get("audio"),
+        )
+        logits = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        logits, labels = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
+        keep = labels != IGNORE_INDEX
+        logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (logp * keep).sum(1)
+
+    def save_pretrained(self, directory: str, trainable_only: bool = False) -> None:
+        """Write config.json + model.safetensors + tokenizer files; see ``mmtransfer.saving``."""
+        from mmtransfer.saving import save_pretrained
+
+        save_pretrained(self, directory, trainable_only=trainable_only)

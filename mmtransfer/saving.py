@@ -1,0 +1,116 @@
+"""Save and load models: ``config.json`` + ``model.safetensors`` + tokenizer files, written atomically.
+
+Loading never unpickles: tensors come from safetensors, the config from JSON. A full save rebuilds
+every component from configs stored in ``config.json`` (no download, no pretrained weights needed);
+a ``trainable_only`` save (projectors, LoRA adapters, heads: whatever trains) keeps the pretrained
+sources and restores the base weights from them before loading the saved tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
+
+from mmtransfer.config import ConfigError, ModelConfig, from_dict, read_json, to_dict
+from mmtransfer.decoder import decoder_config_dict
+from mmtransfer.model import MultimodalGPT
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def save_pretrained(model: MultimodalGPT, directory: str | Path, trainable_only: bool = False) -> Path:
+    """Write ``model`` to ``directory`` (replacing it atomically: a reader sees the old or the new save)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        _write(model, tmp, trainable_only)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _write(model: MultimodalGPT, directory: Path, trainable_only: bool) -> None:
+    config = dataclasses.replace(model.config)
+    if trainable_only:
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    else:
+        base = _unwrapped(model.decoder)
+        config.decoder = dataclasses.replace(config.decoder, pretrained=False, config=decoder_config_dict(base))
+        for modality, encoder in model.encoders.items():
+            setattr(config, f"{modality}_encoder", encoder.to_config())
+        save_model(model, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})  # handles tied weights
+    payload = {"mmtransfer_version": FORMAT_VERSION, "weights": "trainable" if trainable_only else "full"}
+    (directory / CONFIG_NAME).write_text(json.dumps(payload | to_dict(config), indent=2))
+    model.tokenizer.save_pretrained(directory)
+
+
+def _unwrapped(decoder: torch.nn.Module) -> torch.nn.Module:
+    """The base HF model inside a peft wrapper (or the decoder itself)."""
+    return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target``: rename is atomic, so ``target`` is always complete or absent-and-backed-up."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu") -> MultimodalGPT:
+    """Load a model saved by ``save_pretrained``; it gives the same outputs as the saved one."""
+    from mmtransfer.builder import build_model
+
+    directory = Path(directory)
+    data = read_json(directory / CONFIG_NAME)
+    version = data.pop("mmtransfer_version", None)
+    kind = data.pop("weights", None)
+    if version != FORMAT_VERSION or kind not in ("full", "trainable"):
+        raise ConfigError(f"{directory / CONFIG_NAME}: not an mmtransfer model config (version {version})")
+    config = from_dict(ModelConfig, data, where=str(directory / CONFIG_NAME))
+    with torch.random.fork_rng():  # random init of weights that are about to be overwritten
+        model = build_model(config, tokenizer_dir=str(directory))
+    _load_tensors(model, directory / WEIGHTS_NAME, strict=kind == "full")
+    return model.to(device).eval()
+
+
+def _load_tensors(model: MultimodalGPT, path: Path, strict: bool) -> None:
+    try:
+        tensors = load_file(path)
+    except (FileNotFoundError, SafetensorError, OSError) as err:
+        raise ConfigError(f"{path}: cannot read weights: {err}") from None
+    own = model.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    bad_shape = sorted(k for k in tensors if k in own and own[k].shape != tensors[k].shape)
+    missing = _missing(model, own, tensors) if strict else []
+    if unexpected or bad_shape or missing:
+        raise ConfigError(
+            f"{path} does not match its config: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(bad_shape)} wrongly shaped tensors (e.g. {(missing + unexpected + bad_shape)[:3]})"
+        )
+    model.load_state_dict(tensors, strict=False)
+
+
+def _missing(model: MultimodalGPT, own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Keys absent from the file, except tied copies that save_model dropped (they share storage)."""
+    saved_ptrs = {own[k].data_ptr() for k in tensors if k in own}
+    return sorted(k for k in own if k not in tensors and own[k].data_ptr() not in saved_ptrs)
+

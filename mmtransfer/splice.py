@@ -1,0 +1,74 @@
+"""Splice projected modality embeddings into a token sequence at placeholder positions.
+
+Written by hand because no library does this for variable-length prefixes: each row's placeholder
+token is replaced by that row's valid prefix tokens, every other real token keeps its order, and the
+result is left-padded so that generation can append to the right. Fully vectorised (no Python loop
+over rows).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def splice(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Build the decoder's inputs.
+
+    Args:
+        embed: token ids [B, T] -> embeddings [B, T, D] (the decoder's input embedding).
+        input_ids: [B, T], padded on either side; ``attention_mask`` [B, T] marks real tokens.
+        prefixes: placeholder token id -> (embeddings [B, M, D], mask [B, M] with valid tokens first).
+            Every row must hold exactly one real token with each placeholder id.
+        labels: [B, T] target ids with ``IGNORE_INDEX`` where no loss is taken, or None.
+
+    Returns:
+        inputs_embeds [B, L, D], attention_mask [B, L], position_ids [B, L] (0 at each row's first
+        real token), labels [B, L] (``IGNORE_INDEX`` on prefixes and padding) or None. Rows are
+        left-padded to L, the longest spliced row.
+    """
+    real = attention_mask.bool()
+    b_size = input_ids.shape[0]
+    widths = real.long()  # how many output positions each input token takes
+    is_text = real.clone()
+    for ph_id, (_, mask) in prefixes.items():
+        at = real & (input_ids == ph_id)
+        counts = at.sum(1)
+        if not bool((counts == 1).all()):
+            bad = (counts != 1).nonzero().flatten().tolist()
+            raise ValueError(f"rows {bad} need exactly one placeholder token id {ph_id}, found {counts[bad].tolist()}")
+        widths = torch.where(at, mask.sum(1, keepdim=True), widths)
+        is_text &= ~at
+    ends = widths.cumsum(1)  # [B, T]
+    total = ends[:, -1]  # [B]
+    length = int(total.max())
+    offset = (length - total).unsqueeze(1)  # [B, 1] left padding of each row
+    starts = ends - widths + offset  # [B, T] output position of each input token
+
+    safe_ids = torch.where(is_text, input_ids, torch.zeros_like(input_ids))  # placeholders may be out of vocab
+    tok_embeds = embed(safe_ids)  # [B, T, D]
+    rows, cols = is_text.nonzero(as_tuple=True)
+    out = tok_embeds.new_zeros(b_size, length, tok_embeds.shape[-1])
+    out[rows, starts[rows, cols]] = tok_embeds[rows, cols]
+    out_labels = None
+    if labels is not None:
+        out_labels = labels.new_full((b_size, length), IGNORE_INDEX)
+        out_labels[rows, starts[rows, cols]] = labels[rows, cols]
+
+    for ph_id, (emb, mask) in prefixes.items():
+        ph_col = ((input_ids == ph_id) & real).float().argmax(1)  # [B]
+        prow, pk = mask.nonzero(as_tuple=True)  # valid prefix tokens
+        out[prow, starts[prow, ph_col[prow]] + pk] = emb[prow, pk].to(out.dtype)
+
+    out_mask = torch.arange(length, device=input_ids.device).unsqueeze(0) >= offset  # [B, L]
+    position_ids = (out_mask.long().cumsum(1) - 1).clamp(min=0)
+    return out, out_mask.long(), position_ids, out_labels

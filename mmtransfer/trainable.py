@@ -1,0 +1,62 @@
+"""The one place that decides what trains: a policy string per component.
+
+Policies: ``frozen`` (no gradients; feature extraction), ``full`` (everything trains), ``last:N``
+(only the last N layers of the component's main layer stack train, e.g. "freeze the lower layers"),
+and, for the decoder, ``lora`` (peft LoRA adapters train, the base stays frozen).
+"""
+
+from __future__ import annotations
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from torch import nn
+
+from mmtransfer.config import LoraConfig
+
+POLICIES = ("frozen", "full", "last:N", "lora")
+
+
+def check_policy(policy: str, field_name: str, allow_lora: bool = False) -> None:
+    """Raise a ValueError naming ``field_name`` when ``policy`` is not a valid policy string."""
+    ok = policy in ("frozen", "full") or (policy == "lora" and allow_lora)
+    if policy.startswith("last:"):
+        ok = policy[5:].isdigit() and int(policy[5:]) > 0
+    if not ok:
+        valid = [p for p in POLICIES if allow_lora or p != "lora"]
+        raise ValueError(f"trainable.{field_name}: '{policy}' is not one of {valid}")
+
+
+def layer_stack(module: nn.Module) -> nn.ModuleList:
+    """The module's main stack of repeated layers: its longest ``nn.ModuleList`` (transformer blocks in
+    timm, HF and torch models alike), found without assuming any model's attribute names."""
+    stacks = [m for m in module.modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 1]
+    if not stacks:
+        raise ValueError(f"{type(module).__name__} has no layer stack to apply a last:N policy to")
+    return max(stacks, key=len)
+
+
+def apply_policy(module: nn.Module, policy: str) -> None:
+    """Set ``requires_grad`` on ``module``'s parameters according to ``policy`` (not ``lora``)."""
+    module.requires_grad_(policy == "full")
+    if policy.startswith("last:"):
+        n = int(policy[5:])
+        for layer in layer_stack(module)[-n:]:
+            layer.requires_grad_(True)
+
+
+def add_lora(decoder: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """Wrap the decoder with peft LoRA adapters; only the adapters train."""
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(decoder, peft_cfg)
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
