@@ -99,7 +99,9 @@ class MultimodalGPT(InferenceMixin, nn.Module):
             feats, mask = inputs["features"], inputs["mask"]
         else:
             feats, mask = self.encoders[modality](**inputs)  # [B, N, D], [B, N]
-        return self.projectors[modality](feats, mask.bool())
+        projector = self.projectors[modality]
+        dtype = next(projector.parameters()).dtype  # a frozen encoder may run in half precision
+        return projector(feats.to(dtype), mask.bool())
 
     def embed(
         self,
@@ -155,3 +157,9 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         from mmtransfer.saving import save_pretrained
 
         save_pretrained(self, directory, trainable_only=trainable_only)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass of the decoder and encoders (less memory, ~30% slower)."""
+        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for encoder in self.encoders.values():
+            encoder.set_grad_checkpointing(True)

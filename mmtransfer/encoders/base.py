@@ -37,6 +37,14 @@ class Encoder(nn.Module):
     def to_config(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn on activation checkpointing in the wrapped backbone (timm or transformers API)."""
+        for module in self.children():
+            if hasattr(module, "set_grad_checkpointing"):  # timm
+                module.set_grad_checkpointing(enable)
+            elif hasattr(module, "gradient_checkpointing_enable") and enable:  # transformers
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
 
 def build_encoder(name: str, **kwargs: Any) -> Encoder:
     """Build a registered encoder by name, e.g. ``build_encoder("timm", model_name="resnet18")``."""

@@ -1,0 +1,80 @@
+"""Loading raw images and audio with clear errors that name the offending file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from PIL import Image, UnidentifiedImageError
+
+PathLike = str | os.PathLike
+
+
+def _existing_file(path: PathLike, kind: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file not found: {path}")
+    return path
+
+
+def load_image(item: PathLike | Image.Image) -> Image.Image:
+    """Open an image file (or take a PIL image) and return it in RGB mode.
+
+    Transparent pixels are composited onto white rather than dropped to black.
+    """
+    if isinstance(item, Image.Image):
+        image = item
+    else:
+        path = _existing_file(item, "image")
+        try:
+            image = Image.open(path)
+            image.load()  # decode now so truncated files fail here, not later in a transform
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ValueError(f"could not read image file {path}: {err}") from err
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _array_to_mono(wave: np.ndarray) -> np.ndarray:
+    """[T], [C, T] or [T, C] (channels = the shorter axis) -> [T]."""
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim != 2:
+        raise ValueError(f"audio array must be 1-D or 2-D, got shape {wave.shape}")
+    return wave.mean(axis=0 if wave.shape[0] <= wave.shape[1] else 1)
+
+
+def load_audio(
+    item: PathLike | np.ndarray | torch.Tensor, target_rate: int, sample_rate: int | None = None
+) -> np.ndarray:
+    """Read a file or take an array/tensor and return float32 mono audio [T] at ``target_rate``.
+
+    Files carry their own rate (``sample_rate`` is ignored for them); integer PCM is read as floats
+    in [-1, 1]. An array or tensor is assumed to be at ``target_rate`` when ``sample_rate`` is None.
+    """
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        array = item.detach().cpu().float().numpy() if isinstance(item, torch.Tensor) else item
+        wave = _array_to_mono(np.asarray(array, dtype=np.float32))
+        rate = target_rate if sample_rate is None else sample_rate
+        name = f"array of shape {tuple(array.shape)}"
+    else:
+        path = _existing_file(item, "audio")
+        try:
+            frames, rate = sf.read(path, dtype="float32", always_2d=True)  # [T, C]
+        except RuntimeError as err:  # soundfile's LibsndfileError
+            raise ValueError(f"could not read audio file {path}: {err}") from err
+        wave, name = frames.mean(axis=1), str(path)
+    if wave.size == 0:
+        raise ValueError(f"audio is empty: {name}")
+    if rate != target_rate:
+        wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target_rate).numpy()
+    return np.ascontiguousarray(wave, dtype=np.float32)
