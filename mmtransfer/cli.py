@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable
@@ -48,6 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     answer = _inference_parser(sub, "answer", "answer questions about one image", "questions")
     answer.add_argument("--image", required=True)
     _inference_parser(sub, "classify", "label texts", "texts")
+    train = sub.add_parser("train", help="train from a recipe YAML; key=value pairs override its fields")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", metavar="key=value")
+    train.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint")
+    ev = sub.add_parser("eval", help="evaluate a saved model on a task's JSONL manifest")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--task", required=True, help="captioning | vqa | asr | classification")
+    ev.add_argument("--data", required=True, help="JSONL manifest")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
+    ev.add_argument("--device", default="cpu")
+    make = sub.add_parser("make-data", help="write the synthetic data sets (shapes, tones, sentiment)")
+    make.add_argument("out_dir", nargs="?", default="data/synthetic")
+    make.add_argument("--n-train", type=int, default=400)
+    make.add_argument("--n-test", type=int, default=60)
+    make.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="build a tiny model offline, save, load, caption and transcribe the samples")
     demo.add_argument("--out", default="outputs/demo-model")
     from mmtransfer import cli_weights
@@ -61,11 +79,46 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
-        "classify": _run_inference, "demo": _run_demo,
+        "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,
+        "make-data": _run_make_data,
     }
     if args.command in handlers:
         return handlers[args.command](args)
     return args.func(args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mmtransfer.train import load_train_config, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    metrics = train(cfg, resume=args.resume)
+    print(json.dumps(metrics, indent=2))
+    print(f"model saved to {cfg.output_dir}/final (best: {cfg.output_dir}/best)")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import mmtransfer
+    from mmtransfer.data import TaskDataset, read_manifest
+    from mmtransfer.tasks import get_task
+
+    model = mmtransfer.load(args.checkpoint, device=args.device)
+    task = get_task(args.task)
+    labels = model.config.labels if task.api == "classify" else None
+    samples = list(read_manifest(args.data, task, labels=labels))[: args.limit]
+    rate = model.encoders["audio"].sample_rate if task.modality == "audio" else None
+    kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}
+    metrics = task.evaluate(model, TaskDataset(samples, task, sample_rate=rate), args.batch_size, **kwargs)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _run_make_data(args: argparse.Namespace) -> int:
+    from mmtransfer.synthetic import write_all
+
+    out = write_all(args.out_dir, args.n_train, args.n_test, args.seed)
+    print(f"wrote synthetic data sets under {out}")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,135 @@
+"""Training configuration: one YAML file -> ``TrainConfig`` (model, data, stages, optimiser, run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
+
+
+@dataclass
+class DatasetConfig:
+    """One task's data. Manifest paths are relative to the YAML file that names them."""
+
+    task: str
+    train: str
+    eval: str | None = None
+    weight: float = 1.0  # share of steps in a joint (multi-task) mixture
+    on_error: str = "skip"  # bad samples: "skip" (reported and counted) or "raise"
+    max_audio_seconds: float = 30.0
+    bucket: bool = False  # length-bucketed batches (audio / text)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class StageConfig:
+    """A phase of training with its own trainable parts, e.g. "align" (projector only) then "finetune"."""
+
+    name: str
+    steps: int
+    trainable: TrainableConfig | None = None  # None: keep the model's
+    lr: float | None = None  # None: OptimConfig.lr
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-component learning rates and weight decay on matrices only."""
+
+    lr: float = 1e-4  # decoder (full / last:N / LoRA)
+    projector_lr: float = 1e-3  # projectors and classification heads
+    encoder_lr: float = 1e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup...
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. In a YAML file, relative paths (manifests, ``output_dir``, ``init_from``, and decoder
+    model / tokenizer paths that start with ./ or ../) are relative to the YAML file."""
+
+    model: ModelConfig
+    data: list[DatasetConfig]
+    stages: list[StageConfig]
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    eval_every: int = 0  # steps; 0: only at the end
+    save_every: int = 0  # steps; 0: only at the end (and the best checkpoint)
+    log_every: int = 10
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    half_frozen_encoders: bool = True  # on GPU: frozen encoders run in the half-precision dtype
+    max_nonfinite: int = 5  # stop after this many non-finite steps in a row
+    gradient_checkpointing: bool = False
+    feature_cache: str | None = None  # directory: cache frozen encoders' outputs there
+    num_workers: int = 0
+    max_new_tokens: int = 32
+    init_from: str | None = None  # a saved model directory to start from (e.g. after joint pretraining)
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a recipe YAML, apply ``key=value`` overrides, resolve manifest paths, validate."""
+    path = Path(path)
+    data = apply_overrides(load_yaml(path), list(overrides))
+    cfg = train_config_from_dict(data, where=str(path))
+    for ds in cfg.data:
+        ds.train = _resolve(path, ds.train)
+        ds.eval = _resolve(path, ds.eval) if ds.eval else None
+    cfg.output_dir = _resolve(path, cfg.output_dir)
+    cfg.init_from = _resolve(path, cfg.init_from) if cfg.init_from else None
+    dec = cfg.model.decoder
+    dec.model, dec.tokenizer = _resolve_local(path, dec.model), _resolve_local(path, dec.tokenizer)
+    return cfg
+
+
+def train_config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    for key in ("model", "data", "stages"):
+        if key not in data:
+            raise ConfigError(f"{where}: missing '{key}'")
+    data = dict(data)
+    model = from_dict(ModelConfig, data.pop("model"), f"{where}: model")
+    datasets = [from_dict(DatasetConfig, d, f"{where}: data[{i}]") for i, d in enumerate(_as_list(data.pop("data")))]
+    stages = [from_dict(StageConfig, s, f"{where}: stages[{i}]") for i, s in enumerate(_as_list(data.pop("stages")))]
+    optim = from_dict(OptimConfig, data.pop("optim", {}), f"{where}: optim")
+    optim.betas = tuple(optim.betas)
+    cfg = from_dict(TrainConfig, {"model": None, "data": [], "stages": [], **data}, where)
+    cfg.model, cfg.data, cfg.stages, cfg.optim = model, datasets, stages, optim
+    _validate(cfg, where)
+    return cfg
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _validate(cfg: TrainConfig, where: str) -> None:
+    if not cfg.data:
+        raise ConfigError(f"{where}: data: needs at least one dataset")
+    if not cfg.stages or any(s.steps <= 0 for s in cfg.stages):
+        raise ConfigError(f"{where}: stages: each stage needs steps > 0")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"{where}: precision: '{cfg.precision}' is not auto, fp32, bf16 or fp16")
+    for i, ds in enumerate(cfg.data):
+        if ds.on_error not in ("skip", "raise"):
+            raise ConfigError(f"{where}: data[{i}].on_error: '{ds.on_error}' is not skip or raise")
+        if ds.weight <= 0:
+            raise ConfigError(f"{where}: data[{i}].weight: must be > 0")
+
+
+def _resolve(config_path: Path, value: str) -> str:
+    """A path relative to the config file's directory (absolute and ~ paths are kept)."""
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (config_path.parent / p).resolve())
+
+
+def _resolve_local(config_path: Path, value: str | None) -> str | None:
+    """Model / tokenizer names: paths that start with ./ or ../ are relative to the config file; hub ids stay."""
+    return _resolve(config_path, value) if value and value.startswith(("./", "../")) else value

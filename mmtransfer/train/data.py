@@ -1,0 +1,113 @@
+"""The training run's data: one loader per dataset, a weighted Mixture over them, and the eval splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmtransfer.data import MODEL_INPUTS, Collator, FeatureCache, Mixture, TaskDataset, make_loader, read_manifest
+from mmtransfer.model import MultimodalGPT
+from mmtransfer.tasks import Task, get_task
+from mmtransfer.train.config import DatasetConfig, TrainConfig
+
+
+class TrainData:
+    """``next_batch()`` for training, ``evaluate()`` for every eval split, resumable via ``state_dict()``."""
+
+    def __init__(
+        self, mixture: Mixture, eval_sets: dict[str, tuple[Task, TaskDataset]], primary: tuple[str, bool]
+    ) -> None:
+        self.mixture = mixture
+        self.eval_sets = eval_sets
+        self.primary = primary
+        self.skipped = 0
+
+    def next_batch(self) -> tuple[str, dict[str, Any]]:
+        """The next (task, batch) with at least one sample; batches whose files all failed are passed over."""
+        while True:
+            task, batch = next(self.mixture)
+            self._report(batch)
+            if "input_ids" in batch:
+                return task, batch
+
+    def _report(self, batch: dict[str, Any]) -> None:
+        for skip in batch["skipped"]:
+            tqdm.write(f"skipped {skip.path}:{skip.line}: {skip.reason}")
+        self.skipped += batch["n_skipped"]
+
+    @staticmethod
+    def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """The batch's model arguments, on ``device``."""
+        def move(v: Any) -> Any:
+            return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v.to(device, non_blocking=True)
+
+        return {k: move(v) for k, v in batch.items() if k in MODEL_INPUTS}
+
+    @torch.no_grad()
+    def evaluate(self, model: MultimodalGPT, batch_size: int, max_new_tokens: int) -> dict[str, float]:
+        """``{"<task>/<metric>": value}`` over every eval split."""
+        metrics: dict[str, float] = {}
+        for name, (task, dataset) in self.eval_sets.items():
+            kwargs = {} if task.api == "classify" else {"max_new_tokens": max_new_tokens}
+            for key, value in task.evaluate(model, dataset, batch_size, **kwargs).items():
+                metrics[f"{name}/{key}"] = value
+        return metrics
+
+    def primary_metric(self) -> tuple[str, bool]:
+        """(metric key, higher is better) of the first dataset with an eval split: picks the best checkpoint."""
+        return self.primary
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixture": self.mixture.state_dict(), "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mixture.load_state_dict(state["mixture"])
+        self.skipped = state["skipped"]
+
+
+def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size: int = 1) -> TrainData:
+    """Read every manifest (bad lines reported and skipped, or raised, per ``on_error``) and build loaders."""
+    names = [ds.task for ds in cfg.data]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data: one dataset per task please, got tasks {names}")
+    loaders, weights, eval_sets = {}, {}, {}
+    for ds in cfg.data:
+        task = get_task(ds.task)
+        loaders[ds.task] = _train_loader(ds, task, cfg, model, rank, world_size)
+        weights[ds.task] = ds.weight
+        if ds.eval:
+            eval_sets[ds.task] = (task, _dataset(ds, task, model, ds.eval, ds.max_eval_samples, train=False))
+    primary = ("", True)
+    if eval_sets:
+        name, (task, _) = next(iter(eval_sets.items()))
+        primary = (f"{name}/{task.primary_metric}", task.higher_is_better)
+    return TrainData(Mixture(loaders, weights, seed=cfg.seed), eval_sets, primary)
+
+
+def _dataset(
+    ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None, train: bool
+) -> TaskDataset:
+    labels = model.config.labels if task.api == "classify" else None
+    manifest = read_manifest(path, task, labels=labels, on_error=ds.on_error,
+                             max_audio_seconds=ds.max_audio_seconds)
+    samples = list(manifest)[:limit] if limit else list(manifest)
+    if not samples:
+        raise ValueError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
+    rate = model.encoders["audio"].sample_rate if task.modality == "audio" else None
+    return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train)
+
+
+def _train_loader(
+    ds: DatasetConfig, task: Task, cfg: TrainConfig, model: MultimodalGPT, rank: int, world_size: int
+) -> torch.utils.data.DataLoader:
+    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True)
+    cache = None
+    if cfg.feature_cache and task.modality is not None:
+        encoder = model.encoders[task.modality]
+        if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
+            cache = FeatureCache(Path(cfg.feature_cache), encoder)
+    return make_loader(dataset, Collator(model, task, cache=cache), cfg.batch_size, shuffle=True, seed=cfg.seed,
+                       bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)

@@ -1,0 +1,222 @@
+"""The training loop: small plain functions on top of Accelerate (one CPU, one GPU, DDP or FSDP via
+``accelerate launch`` / ``torchrun``). ``train(cfg)`` is the entry point."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from mmtransfer.builder import build_model
+from mmtransfer.model import MultimodalGPT
+from mmtransfer.saving import load, save_pretrained
+from mmtransfer.train import checkpoint as ckpt
+from mmtransfer.train.config import StageConfig, TrainConfig
+from mmtransfer.train.data import TrainData, build_data
+from mmtransfer.train.logger import RunLogger
+from mmtransfer.train.optim import make_optimizer
+from mmtransfer.train.precision import half_dtype, resolve_precision
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses or gradients in a row; nothing was saved from the bad state."""
+
+
+@dataclass
+class RunState:
+    """Counters that a checkpoint stores and a resumed run restores."""
+
+    step: int = 0  # optimiser steps over all stages
+    stage: int = 0
+    stage_step: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    best: float | None = None
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train through every stage; returns the final metrics. Writes ``final/``, ``best/``, ``checkpoint/``."""
+    out = Path(cfg.output_dir)
+    acc = _accelerator(cfg)
+    set_seed(cfg.seed)
+    resume_dir = out / "checkpoint"
+    resuming = resume and (resume_dir / "state.pt").exists()
+    model = _initial_model(cfg, resume_dir if resuming else None)
+    _place(model, acc, cfg)
+    data = build_data(cfg, model, rank=acc.process_index, world_size=acc.num_processes)
+    state = RunState(**ckpt.read_state(resume_dir)["run"]) if resuming else RunState()
+    if resuming:
+        data.load_state_dict(ckpt.read_state(resume_dir)["data"])
+    logger = RunLogger(out, enabled=acc.is_main_process)
+    bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.step, disable=not acc.is_main_process,
+               desc="train", dynamic_ncols=True)
+    for index, stage in enumerate(cfg.stages[state.stage :], start=state.stage):
+        model_p, opt, sched = _start_stage(model, stage, cfg, acc)
+        if resuming and index == state.stage:
+            ckpt.load_training_state(resume_dir, opt, sched)
+        else:
+            state.stage, state.stage_step = index, 0
+        _run_stage(model, model_p, opt, sched, stage, cfg, acc, data, state, logger, bar)
+    bar.close()
+    metrics = _eval_and_keep_best(model, data, cfg, acc, state, logger)
+    if acc.is_main_process:
+        save_pretrained(model, out / "final")
+        logger.finish()
+    return metrics
+
+
+def _initial_model(cfg: TrainConfig, resume_dir: Path | None) -> MultimodalGPT:
+    """From the resume checkpoint, else from ``init_from`` (e.g. a jointly pretrained model), else the config."""
+    if resume_dir is not None:
+        return ckpt.load_model(resume_dir)
+    if cfg.init_from:
+        model = load(cfg.init_from)
+        model.set_trainable(cfg.model.trainable)
+        return model
+    return build_model(cfg.model)
+
+
+def _accelerator(cfg: TrainConfig) -> Accelerator:
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    mixed = resolve_precision(cfg.precision, device_type)
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=len(cfg.data) > 1)]
+    return Accelerator(
+        mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accum,
+        cpu=device_type == "cpu", kwargs_handlers=kwargs,
+    )
+
+
+def _place(model: MultimodalGPT, acc: Accelerator, cfg: TrainConfig) -> None:
+    """Move to the device; frozen encoders may run in half precision on GPU; gradient checkpointing."""
+    model.to(acc.device)
+    dtype = half_dtype(acc.mixed_precision)
+    if dtype is not None and cfg.half_frozen_encoders:
+        for encoder in model.encoders.values():
+            if not any(p.requires_grad for p in encoder.parameters()):
+                encoder.to(dtype)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+
+
+def _start_stage(
+    model: MultimodalGPT, stage: StageConfig, cfg: TrainConfig, acc: Accelerator
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    if stage.trainable is not None:
+        model.set_trainable(stage.trainable)
+        model.to(acc.device)  # LoRA adapters added by a stage start on the CPU
+    opt, sched = make_optimizer(model, cfg.optim, stage.lr or cfg.optim.lr, stage.steps)
+    model_p, opt, sched = acc.prepare(model, opt, sched)
+    return model_p, opt, sched
+
+
+def _run_stage(
+    model: MultimodalGPT, model_p: torch.nn.Module, opt: Any, sched: Any, stage: StageConfig,
+    cfg: TrainConfig, acc: Accelerator, data: TrainData, state: RunState, logger: RunLogger, bar: tqdm,
+) -> None:
+    model_p.train()
+    t0, seen = time.perf_counter(), 0
+    while state.stage_step < stage.steps:
+        task, batch = data.next_batch()
+        loss = _train_step(model_p, batch, opt, sched, cfg, acc, state)
+        state.step += 1
+        state.stage_step += 1
+        seen += batch["input_ids"].shape[0] * acc.num_processes
+        rate = seen / (time.perf_counter() - t0)
+        logger.log_train(state.step, stage.name, task, loss, sched.get_last_lr()[0], rate)
+        bar.set_postfix(stage=stage.name, task=task, loss=f"{loss:.3f}", samples_s=f"{rate:.1f}")
+        bar.update(1)
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.stage_step < stage.steps:
+            _eval_and_keep_best(model, data, cfg, acc, state, logger)
+            model_p.train()
+        if cfg.save_every and state.step % cfg.save_every == 0:
+            _save_checkpoint(model, opt, sched, data, cfg, acc, state)
+    _save_checkpoint(model, opt, sched, data, cfg, acc, state)
+
+
+def _train_step(
+    model_p: torch.nn.Module, batch: dict[str, Any], opt: Any, sched: Any,
+    cfg: TrainConfig, acc: Accelerator, state: RunState,
+) -> float:
+    """One forward/backward/update. A non-finite loss or gradient skips the update (on every rank)."""
+    with acc.accumulate(model_p):
+        loss = model_p(**TrainData.model_inputs(batch, acc.device)).loss
+        if not _all_finite(acc, loss):
+            opt.zero_grad(set_to_none=True)
+            _count_nonfinite(state, cfg, f"loss {loss.item()}")
+            return float("nan")
+        acc.backward(loss)
+        if acc.sync_gradients and cfg.optim.grad_clip:
+            norm = acc.clip_grad_norm_(model_p.parameters(), cfg.optim.grad_clip)
+            if acc.mixed_precision != "fp16" and not _all_finite(acc, norm):  # fp16: the GradScaler skips
+                opt.zero_grad(set_to_none=True)
+                _count_nonfinite(state, cfg, f"gradient norm {float(norm)}")
+                return loss.item()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    state.nonfinite_in_row = 0
+    return loss.item()
+
+
+def _all_finite(acc: Accelerator, value: torch.Tensor) -> bool:
+    """True when ``value`` is finite on every process (all must skip together, or DDP would hang)."""
+    flag = torch.isfinite(value.detach().float()).all().to(acc.device).float().reshape(1)
+    return bool(acc.reduce(flag, reduction="sum").item() == acc.num_processes) if acc.num_processes > 1 \
+        else bool(flag.item())
+
+
+def _count_nonfinite(state: RunState, cfg: TrainConfig, what: str) -> None:
+    state.nonfinite_in_row += 1
+    state.nonfinite_total += 1
+    tqdm.write(f"warning: non-finite {what} at step {state.step + 1}: update skipped "
+               f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in all)")
+    if state.nonfinite_in_row >= cfg.max_nonfinite:
+        raise NonFiniteLossError(
+            f"{state.nonfinite_in_row} non-finite steps in a row (limit max_nonfinite={cfg.max_nonfinite}) at "
+            f"step {state.step + 1}: lower the learning rate, check the data, or use bf16/fp32. "
+            "Nothing was saved from this state; the last checkpoint is intact."
+        )
+
+
+def _evaluate(model: MultimodalGPT, data: TrainData, cfg: TrainConfig, acc: Accelerator) -> dict[str, float]:
+    """Every dataset's eval split on the main process; other processes wait."""
+    metrics: dict[str, float] = {}
+    if acc.is_main_process:
+        model.eval()
+        metrics = data.evaluate(model, cfg.eval_batch_size, cfg.max_new_tokens)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def _eval_and_keep_best(
+    model: MultimodalGPT, data: TrainData, cfg: TrainConfig, acc: Accelerator, state: RunState, logger: RunLogger
+) -> dict[str, float]:
+    metrics = _evaluate(model, data, cfg, acc)
+    if not acc.is_main_process or not metrics:
+        return metrics
+    logger.log_eval(state.step, metrics)
+    key, higher = data.primary_metric()
+    value = metrics[key] if higher else -metrics[key]
+    if not math.isnan(value) and (state.best is None or value > state.best):
+        state.best = value
+        save_pretrained(model, Path(cfg.output_dir) / "best")
+    return metrics
+
+
+def _save_checkpoint(
+    model: MultimodalGPT, opt: Any, sched: Any, data: TrainData, cfg: TrainConfig, acc: Accelerator,
+    state: RunState,
+) -> None:
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        ckpt.save_checkpoint(Path(cfg.output_dir) / "checkpoint", model, opt, sched,
+                             {"run": asdict(state), "data": data.state_dict()})
+    acc.wait_for_everyone()
+
