@@ -118,18 +118,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict, in place."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML; a number indexes a list, e.g.
+    ``stages.0.steps=20``) to a nested dict, in place."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value")
-        node = data
+        node: Any = data
         *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a mapping")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            if isinstance(node, list):
+                node[int(leaf)] = yaml.safe_load(raw)
+            else:
+                node[leaf] = yaml.safe_load(raw)
+        except (AttributeError, IndexError, ValueError, TypeError):
+            raise ConfigError(f"override '{item}': '{key}' does not name a field of this config") from None
     return data
 
 

@@ -1,0 +1,34 @@
+"""Run by test_train.py under torch.distributed.run: train, then write a checksum of this rank's weights."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mmtransfer.builder import build_model
+from mmtransfer.train import load_train_config, train
+from mmtransfer.train import loop
+
+
+def main() -> None:
+    config, out, *overrides = sys.argv[1:]
+    captured = {}
+    real_build = loop.build_model
+
+    def build(cfg):  # keep a handle on this rank's model
+        captured["model"] = real_build(cfg)
+        return captured["model"]
+
+    loop.build_model = build
+    train(load_train_config(config, overrides))
+    rank = torch.distributed.get_rank()
+    world = torch.distributed.get_world_size()
+    params = {n: round(float(p.double().sum()), 10) for n, p in captured["model"].named_parameters()}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"world_size": world, "params": params}))
+
+
+if __name__ == "__main__":
+    assert build_model is not None
+    main()

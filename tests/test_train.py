@@ -1,0 +1,140 @@
+"""Training: every recipe YAML validates, each tiny recipe trains (loss down, checkpoint loads, eval
+gives its metric), resume continues the same run, non-finite losses stop the run, 2-process DDP agrees."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmtransfer
+from mmtransfer.config import ConfigError
+from mmtransfer.synthetic import write_all
+from mmtransfer.train import NonFiniteLossError, load_train_config, train
+from mmtransfer.train import data as train_data
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+TINY = [c for c in CONFIGS if c.stem.endswith("-tiny")]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_all(tmp_path_factory.mktemp("synthetic"), n_train=48, n_test=8)
+
+
+def _overrides(cfg_path: Path, data_dir: Path, out: Path, steps: int) -> list[str]:
+    """Point a recipe at the test's small synthetic data, a temp output dir and a few steps."""
+    raw = load_train_config(cfg_path)
+    items = [f"output_dir={out}", "eval_every=0", "log_every=1"]
+    for i, ds in enumerate(raw.data):
+        for split in ("train", "eval"):
+            path = getattr(ds, split)
+            if path:
+                rel = Path(path).relative_to(ROOT / "data" / "synthetic")
+                items.append(f"data.{i}.{split}={data_dir / rel}")
+        items.append(f"data.{i}.max_eval_samples=8")
+    per_stage = max(1, steps // len(raw.stages))
+    items += [f"stages.{i}.steps={per_stage}" for i in range(len(raw.stages))]
+    return items
+
+
+def _losses(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_recipe_config_validates(path: Path) -> None:
+    cfg = load_train_config(path)
+    assert cfg.data and cfg.stages
+    for ds in cfg.data:
+        assert mmtransfer.tasks.get_task(ds.task).name == ds.task
+
+
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((TINY[0]).read_text().replace("batch_size:", "batch_sise:"))
+    with pytest.raises(ConfigError, match="batch_sise"):
+        load_train_config(bad)
+    with pytest.raises(ConfigError, match="does not name a field"):
+        load_train_config(TINY[0], ["stages.7.steps=1"])
+
+
+@pytest.mark.parametrize("path", TINY, ids=[c.stem for c in TINY])
+def test_tiny_recipe_trains_saves_and_evaluates(path: Path, synthetic: Path, tmp_path: Path) -> None:
+    steps = 12
+    cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "run", steps))
+    metrics = train(cfg)
+    losses = [loss for _, loss in _losses(tmp_path / "run")]
+    assert len(losses) >= steps - 1
+    k = max(2, len(losses) // 4)
+    assert sum(losses[-k:]) / k < sum(losses[:k]) / k  # the loss goes down
+    for ds in cfg.data:
+        if ds.eval:
+            task = mmtransfer.tasks.get_task(ds.task)
+            assert f"{ds.task}/{task.primary_metric}" in metrics
+    model = mmtransfer.load(tmp_path / "run" / "final")
+    assert isinstance(model, mmtransfer.MultimodalGPT)
+    assert (tmp_path / "run" / "curves.png").exists()
+
+
+def test_resume_after_interrupt_continues_the_same_run(synthetic: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "recipes" / "configs" / "asr-tiny.yaml"
+    full = load_train_config(path, _overrides(path, synthetic, tmp_path / "a", 6) + ["save_every=3"])
+    train(full)
+
+    cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "b", 6) + ["save_every=3"])
+    real_next = train_data.TrainData.next_batch
+    calls = {"n": 0}
+
+    def interrupted(self: train_data.TrainData):  # noqa: ANN202
+        calls["n"] += 1
+        if calls["n"] == 5:  # during step 5: after the step-3 checkpoint
+            raise KeyboardInterrupt
+        return real_next(self)
+
+    monkeypatch.setattr(train_data.TrainData, "next_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(train_data.TrainData, "next_batch", real_next)
+    train(cfg, resume=True)
+    resumed = {s: loss for s, loss in _losses(tmp_path / "b")}  # later lines win: the resumed ones
+    assert resumed == dict(_losses(tmp_path / "a"))
+
+
+def test_non_finite_loss_skips_then_stops(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "recipes" / "configs" / "classification-tiny.yaml"
+    cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "nan", 10) + ["max_nonfinite=3"])
+    real_forward = mmtransfer.MultimodalGPT.forward
+
+    def nan_forward(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        out = real_forward(self, *args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(mmtransfer.MultimodalGPT, "forward", nan_forward)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite steps in a row"):
+        train(cfg)
+    assert not (tmp_path / "nan" / "final").exists()
+
+
+@pytest.mark.skipif(not hasattr(torch.distributed, "is_available") or not torch.distributed.is_available(),
+                    reason="torch.distributed unavailable")
+def test_two_process_ddp_on_cpu_ranks_agree(synthetic: Path, tmp_path: Path) -> None:
+    path = ROOT / "recipes" / "configs" / "captioning-tiny.yaml"
+    overrides = _overrides(path, synthetic, tmp_path / "ddp", 4)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(ROOT / "tests" / "ddp_worker.py"), str(path), str(tmp_path / "sums"), *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = [json.loads((tmp_path / "sums" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sums[0] == sums[1]
+    assert sums[0]["world_size"] == 2
