@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
         "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,

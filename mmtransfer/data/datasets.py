@@ -1,0 +1,93 @@
+"""TaskDataset: task samples -> raw items with decoded media; files that fail to decode are skipped or raise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from mmtransfer.data.manifest import Skip, audio_seconds, check_on_error, report
+from mmtransfer.io import load_audio, load_image
+from mmtransfer.tasks import Sample, Task, get_task
+
+Item = dict[str, Any]
+
+
+class TaskDataset(Dataset):
+    """Raw items for the ``Collator`` and ``Task.evaluate``.
+
+    An item is the sample's fields with the media decoded in place (``image``: PIL RGB; ``audio``: float32
+    mono [T] at ``sample_rate``, any input rate / channels / WAV or FLAC sub-format) plus ``target`` (str,
+    the LM target), ``references`` (list[str]) and, for media tasks, ``file`` (the media path, which the
+    feature cache hashes) and ``sample_rate`` (audio).
+
+    A file that fails to decode gives a ``Skip`` instead of an item (the collator drops it and counts it)
+    and is recorded once in ``skipped``, or raises ``DataError`` with ``on_error="raise"``. DataLoader workers
+    append to their own copy of ``skipped``: with ``num_workers > 0`` read the batches' ``skipped`` instead.
+
+    ``expand_targets=True`` makes one item per training target (each reference caption of an image);
+    leave it off for evaluation, where each sample should count once.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        task: str | Task,
+        *,
+        sample_rate: int | None = None,
+        on_error: str = "skip",
+        expand_targets: bool = False,
+    ) -> None:
+        check_on_error(on_error)
+        self.task = get_task(task)
+        if self.task.modality == "audio" and sample_rate is None:
+            raise ValueError("an audio task needs sample_rate (the audio encoder's, e.g. model.encoders['audio'].sample_rate)")
+        self.samples = list(samples)
+        self.sample_rate = sample_rate
+        self.on_error = on_error
+        self.entries = [  # (sample index, target) per item
+            (i, target)
+            for i, sample in enumerate(self.samples)
+            for target in (self.task.targets(sample) if expand_targets else [self.task.target(sample)])
+        ]
+        self.skipped: list[Skip] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Item | Skip:
+        i, target = self.entries[index]
+        sample = self.samples[i]
+        item = {**sample, "target": target, "references": self.task.references(sample)}
+        modality = self.task.modality
+        if modality is None:
+            return item
+        try:
+            item[modality] = self._decode(sample[modality])
+        except (ValueError, OSError) as err:
+            path, line = sample.get("source", ("<samples>", i))
+            skip = Skip(path, line, str(err))
+            if skip not in self.skipped:  # once, however many epochs read it
+                report(skip, self.on_error, self.skipped)
+            return skip
+        item["file"] = sample[modality]
+        if modality == "audio":
+            item["sample_rate"] = self.sample_rate
+        return item
+
+    def _decode(self, media: Any) -> Any:
+        if self.task.modality == "image":
+            return load_image(media)
+        return load_audio(media, self.sample_rate)
+
+    def lengths(self) -> list[float]:
+        """Per item, for length bucketing: audio seconds (from the header) or characters of prompt + target."""
+        out = []
+        for i, target in self.entries:
+            sample = self.samples[i]
+            if self.task.modality == "audio":
+                out.append(sample["duration"] if "duration" in sample else audio_seconds(sample["audio"]))
+            else:
+                out.append(sum(len(v) for v in self.task.prompt_fields(sample).values()) + len(target))
+        return out
