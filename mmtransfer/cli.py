@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, inputs: str) -> argparse.ArgumentParser:

@@ -7,7 +7,8 @@ the attention mask, so a batch gives the same greedy tokens as one input at a ti
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -80,7 +80,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
             self.head.requires_grad_(True)
         self.config.trainable = cfg
 
-    def train(self, mode: bool = True) -> "MultimodalGPT":
+    def train(self, mode: bool = True) -> MultimodalGPT:
         """Like ``nn.Module.train``, but frozen encoders stay in eval mode (no dropout / BN updates)."""
         super().train(mode)
         for encoder in self.encoders.values():
@@ -94,7 +94,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def encode(self, modality: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder inputs (or cached ``features`` [B, N, D] + ``mask``) -> projected prefix [B, M, D_lm] + mask [B, M]."""
+        """Encoder inputs (or cached ``features`` [B, N, D] + ``mask``) -> prefix [B, M, D_lm] + mask [B, M]."""
         if "features" in inputs:
             feats, mask = inputs["features"], inputs["mask"]
         else:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -49,7 +50,8 @@ class Processor:
             if items is None:
                 continue
             if modality not in self.encoders:
-                raise ValueError(f"this model has no {modality} encoder; it takes {sorted(self.encoders) or 'text only'}")
+                takes = sorted(self.encoders) or "text only"
+                raise ValueError(f"this model has no {modality} encoder; it takes {takes}")
             if len(items) != len(prompts):
                 raise ValueError(f"got {len(items)} {modality} inputs for {len(prompts)} prompts")
             batch[modality] = self.preprocess(modality, items, sample_rate)

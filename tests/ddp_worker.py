@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from mmtransfer.builder import build_model
-from mmtransfer.train import load_train_config, train
-from mmtransfer.train import loop
+from mmtransfer.train import load_train_config, loop, train
 
 
 def main() -> None:

@@ -329,7 +329,9 @@ def test_feature_cache_needs_a_frozen_encoder_of_the_model(tmp_path: Path, model
 
 
 # -- loaders and the mixture ---------------------------------------------------------------------
-def _text_loader(model: mmtransfer.MultimodalGPT, n: int, prefix: str, batch_size: int = 2) -> torch.utils.data.DataLoader:
+def _text_loader(
+    model: mmtransfer.MultimodalGPT, n: int, prefix: str, batch_size: int = 2
+) -> torch.utils.data.DataLoader:
     samples = [{"text": f"{prefix} {i}", "label": "pos"} for i in range(n)]
     dataset = TaskDataset(samples, "classification")
     return make_loader(dataset, Collator(model, "classification"), batch_size, seed=0, bucket=True)

@@ -29,7 +29,10 @@ def _manifest(tmp_path: Path, task: str, lines: list[dict[str, Any]]) -> Path:
     return path
 
 
-CAPTIONS = [{"image": "a.png", "text": ["a red circle", "one red circle"]}, {"image": "b.png", "captions": "a blue square"}]
+CAPTIONS = [
+    {"image": "a.png", "text": ["a red circle", "one red circle"]},
+    {"image": "b.png", "captions": "a blue square"},
+]
 QUESTIONS = [{"image": "a.png", "question": "what colour?", "answer": ["red", "red", "crimson"]},
              {"image": "b.png", "question": "how many?", "answers": "two"}]
 SPEECH = [{"audio": "a.wav", "text": "three five"}, {"audio": "b.wav", "text": "seven"}]

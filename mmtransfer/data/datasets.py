@@ -42,7 +42,9 @@ class TaskDataset(Dataset):
         check_on_error(on_error)
         self.task = get_task(task)
         if self.task.modality == "audio" and sample_rate is None:
-            raise ValueError("an audio task needs sample_rate (the audio encoder's, e.g. model.encoders['audio'].sample_rate)")
+            raise ValueError(
+                "an audio task needs sample_rate (the audio encoder's, e.g. model.encoders['audio'].sample_rate)"
+            )
         self.samples = list(samples)
         self.sample_rate = sample_rate
         self.on_error = on_error

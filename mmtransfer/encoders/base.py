@@ -9,7 +9,7 @@ from torch import nn
 
 from mmtransfer.registry import Registry
 
-ENCODERS: Registry["Encoder"] = Registry("encoder")
+ENCODERS: Registry[Encoder] = Registry("encoder")
 
 
 class Encoder(nn.Module):

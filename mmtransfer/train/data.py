@@ -8,7 +8,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmtransfer.data import MODEL_INPUTS, Collator, FeatureCache, Mixture, TaskDataset, make_loader, read_manifest
+from mmtransfer.data import (
+    MODEL_INPUTS,
+    Collator,
+    FeatureCache,
+    Mixture,
+    TaskDataset,
+    make_loader,
+    read_manifest,
+)
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.tasks import Task, get_task
 from mmtransfer.train.config import DatasetConfig, TrainConfig
