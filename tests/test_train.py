@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import mmtransfer
 from mmtransfer.config import ConfigError
@@ -138,3 +139,22 @@ def test_two_process_ddp_on_cpu_ranks_agree(synthetic: Path, tmp_path: Path) -> 
     sums = [json.loads((tmp_path / "sums" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0] == sums[1]
     assert sums[0]["world_size"] == 2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(decoder_arch: str) -> None:
+    from tests.tiny_models import tiny_model_config
+
+    cfg = tiny_model_config(decoder_arch, trainable={"decoder": "full", "image_encoder": "full"})
+    cfg["decoder"]["config"] = cfg["decoder"]["config"] | {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = mmtransfer.build_model(cfg).train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        batch = model.processor(["<image> what?"], targets=[" red"], images=[Image.new("RGB", (32, 32), "red")])
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

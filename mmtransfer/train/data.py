@@ -64,6 +64,18 @@ class TrainData:
                 metrics[f"{name}/{key}"] = value
         return metrics
 
+    @torch.no_grad()
+    def examples(self, model: MultimodalGPT, n: int, max_new_tokens: int) -> list[tuple[str, str, str]]:
+        """(task, reference, prediction) for the first ``n`` samples of each eval split."""
+        rows = []
+        for name, (task, dataset) in self.eval_sets.items():
+            samples = [dataset[i] for i in range(min(n, len(dataset)))]
+            samples = [s for s in samples if isinstance(s, dict)]
+            kwargs = {} if task.api == "classify" else {"max_new_tokens": max_new_tokens}
+            for sample, pred in zip(samples, task.predict(model, samples, n, **kwargs)):
+                rows.append((name, task.references(sample)[0], pred))
+        return rows
+
     def primary_metric(self) -> tuple[str, bool]:
         """(metric key, higher is better) of the first dataset with an eval split: picks the best checkpoint."""
         return self.primary

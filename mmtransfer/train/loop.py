@@ -69,6 +69,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if acc.is_main_process:
         save_pretrained(model, out / "final")
         logger.finish()
+        for task, reference, prediction in data.examples(model, 4, cfg.max_new_tokens):
+            print(f"[{task}] reference: {reference!r}  prediction: {prediction!r}")
+        if data.skipped:
+            print(f"{data.skipped} training samples were skipped (see the messages above)")
     return metrics
 
 
