@@ -21,6 +21,12 @@ DEFAULT_PROMPTS = {
 }
 
 
+def with_placeholder(prompts: Sequence[str], modality: str) -> list[str]:
+    """Prepend the modality's placeholder to prompts that lack it (the prefix then goes first)."""
+    tag = PLACEHOLDERS[modality]
+    return [p if tag in p else tag + p for p in prompts]
+
+
 class Processor:
     """Tokenises prompts and targets and preprocesses images / audio with each encoder's own preprocessing.
 
@@ -55,8 +61,7 @@ class Processor:
             if len(items) != len(prompts):
                 raise ValueError(f"got {len(items)} {modality} inputs for {len(prompts)} prompts")
             batch[modality] = self.preprocess(modality, items, sample_rate)
-            tag = PLACEHOLDERS[modality]
-            prompts = [p if tag in p else tag + p for p in prompts]
+            prompts = with_placeholder(prompts, modality)
         for modality, tag in PLACEHOLDERS.items():
             if given[modality] is None and any(tag in p for p in prompts):
                 raise ValueError(f"a prompt holds {tag} but no {modality} input was given")

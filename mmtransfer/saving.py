@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 
+from mmtransfer.atomic import atomic_dir
 from mmtransfer.config import ConfigError, ModelConfig, from_dict, read_json, to_dict
 from mmtransfer.decoder import decoder_config_dict
 from mmtransfer.model import MultimodalGPT
@@ -30,16 +28,9 @@ FORMAT_VERSION = 1
 
 def save_pretrained(model: MultimodalGPT, directory: str | Path, trainable_only: bool = False) -> Path:
     """Write ``model`` to ``directory`` (replacing it atomically: a reader sees the old or the new save)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         _write(model, tmp, trainable_only)
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def _write(model: MultimodalGPT, directory: Path, trainable_only: bool) -> None:
@@ -61,18 +52,6 @@ def _write(model: MultimodalGPT, directory: Path, trainable_only: bool) -> None:
 def _unwrapped(decoder: torch.nn.Module) -> torch.nn.Module:
     """The base HF model inside a peft wrapper (or the decoder itself)."""
     return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` into ``target``: rename is atomic, so ``target`` is always complete or absent-and-backed-up."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> MultimodalGPT:

@@ -9,7 +9,7 @@ import torch
 from mmtransfer.data.cache import FeatureCache
 from mmtransfer.data.datasets import Item
 from mmtransfer.data.manifest import Skip
-from mmtransfer.decoder import PLACEHOLDERS
+from mmtransfer.processing import with_placeholder
 from mmtransfer.tasks import Task, get_task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels")
@@ -59,8 +59,7 @@ class Collator:
         prompts = [self.task.prompt(self.template, x) for x in items]
         modality = self.task.modality
         if modality is not None:
-            tag = PLACEHOLDERS[modality]
-            prompts = [p if tag in p else tag + p for p in prompts]
+            prompts = with_placeholder(prompts, modality)
             batch[modality] = self._media(modality, items)
         if self.class_names is None:
             targets = [x["target"] for x in items]

@@ -8,15 +8,14 @@ read back with ``torch.load(weights_only=True)``: no unpickling of arbitrary obj
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmtransfer.atomic import atomic_dir
 from mmtransfer.model import MultimodalGPT
-from mmtransfer.saving import _replace_dir, load, save_pretrained
+from mmtransfer.saving import load, save_pretrained
 
 
 def save_checkpoint(
@@ -27,17 +26,11 @@ def save_checkpoint(
     state: dict[str, Any],
 ) -> None:
     """Write a resumable checkpoint to ``directory`` atomically."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_pretrained(model, tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(state | {"rng": rng_state()}, tmp / "state.pt")
-        _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_model(directory: Path) -> MultimodalGPT:

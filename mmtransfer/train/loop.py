@@ -51,9 +51,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     model = _initial_model(cfg, resume_dir if resuming else None)
     _place(model, acc, cfg)
     data = build_data(cfg, model, rank=acc.process_index, world_size=acc.num_processes)
-    state = RunState(**ckpt.read_state(resume_dir)["run"]) if resuming else RunState()
+    state = RunState()
     if resuming:
-        data.load_state_dict(ckpt.read_state(resume_dir)["data"])
+        saved = ckpt.read_state(resume_dir)
+        state = RunState(**saved["run"])
+        data.load_state_dict(saved["data"])
     logger = RunLogger(out, enabled=acc.is_main_process)
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.step, disable=not acc.is_main_process,
                desc="train", dynamic_ncols=True)
