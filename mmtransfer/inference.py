@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mmtransfer.processing import DEFAULT_PROMPTS
+from mmtransfer.processing import DEFAULT_PROMPTS, to_device
 
 
 def _as_list(x: Any) -> tuple[list[Any], bool]:
@@ -20,10 +20,6 @@ def _as_list(x: Any) -> tuple[list[Any], bool]:
     if isinstance(x, (list, tuple)):
         return list(x), False
     return [x], True
-
-
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
 
 class InferenceMixin:
@@ -57,7 +53,7 @@ class InferenceMixin:
                 sample_rate=sample_rate,
             )
             results += self._generate_batch(
-                _to(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
+                to_device(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
                 do_sample=do_sample, temperature=temperature, top_p=top_p,
             )
         return results
@@ -117,13 +113,13 @@ class InferenceMixin:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
             if self.head is not None:
-                batch = _to(self.processor.tokenize(chunk), self.device)
+                batch = to_device(self.processor.tokenize(chunk), self.device)
                 logits = self(batch["input_ids"], batch["attention_mask"]).logits  # [b, C]
                 preds += [labels[j] for j in logits.argmax(-1).tolist()]
                 continue
             pairs = [p for p in chunk for _ in labels]
             targets = [f" {y}" for _ in chunk for y in labels]
-            batch = _to(self.processor.tokenize(pairs, targets, add_eos=False), self.device)
+            batch = to_device(self.processor.tokenize(pairs, targets, add_eos=False), self.device)
             scores = self.sequence_logprobs(batch).view(len(chunk), len(labels))  # [b, C]
             preds += [labels[j] for j in scores.argmax(-1).tolist()]
         return preds[0] if single else preds

@@ -21,6 +21,11 @@ DEFAULT_PROMPTS = {
 }
 
 
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move a (possibly nested) dict of tensors to ``device``."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
 def with_placeholder(prompts: Sequence[str], modality: str) -> list[str]:
     """Prepend the modality's placeholder to prompts that lack it (the prefix then goes first)."""
     tag = PLACEHOLDERS[modality]

@@ -18,6 +18,7 @@ from mmtransfer.data import (
     read_manifest,
 )
 from mmtransfer.model import MultimodalGPT
+from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
 from mmtransfer.train.config import DatasetConfig, TrainConfig
 
@@ -49,10 +50,7 @@ class TrainData:
     @staticmethod
     def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """The batch's model arguments, on ``device``."""
-        def move(v: Any) -> Any:
-            return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v.to(device, non_blocking=True)
-
-        return {k: move(v) for k, v in batch.items() if k in MODEL_INPUTS}
+        return to_device({k: v for k, v in batch.items() if k in MODEL_INPUTS}, device)
 
     @torch.no_grad()
     def evaluate(self, model: MultimodalGPT, batch_size: int, max_new_tokens: int) -> dict[str, float]:
