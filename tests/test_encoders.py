@@ -16,6 +16,7 @@ import open_clip
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
     HubertConfig,
@@ -193,10 +194,16 @@ def test_timm_pretrained_uses_weights_checkpoint(tmp_path: Path, monkeypatch: py
     kwargs = TINY_ENCODER_KWARGS["timm"]["model_kwargs"]
     reference = timm.create_model("vit_tiny_patch16_224", **kwargs)
     save_file(reference.state_dict(), str(tmp_path / "vit.safetensors"))
-    monkeypatch.setattr(weights, "timm_checkpoint", lambda name: tmp_path / "vit.safetensors")
+    overlay = {"file": str(tmp_path / "vit.safetensors"), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    monkeypatch.setattr(weights, "timm_pretrained_overlay", lambda name: overlay)
     encoder = build_encoder("timm", model_name="vit_tiny_patch16_224", model_kwargs=kwargs)
     assert _same_weights(encoder.model, reference)
-    assert encoder.to_config()["pretrained"] is False
+    assert encoder.data_config["mean"] == (0.5, 0.5, 0.5)
+    config = encoder.to_config()
+    assert config["pretrained"] is False
+    rebuilt = build_encoder(**config)  # offline, no weights: preprocessing must still match the weights'
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    assert torch.equal(rebuilt.preprocess([image])["pixel_values"], encoder.preprocess([image])["pixel_values"])
 
 
 def test_open_clip_pretrained_from_file(tmp_path: Path) -> None:

