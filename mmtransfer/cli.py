@@ -92,9 +92,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from mmtransfer.train import load_train_config, train
+    from mmtransfer.weights import WeightsNotFoundError
 
     cfg = load_train_config(args.config, args.overrides)
-    metrics = train(cfg, resume=args.resume)
+    try:
+        metrics = train(cfg, resume=args.resume)
+    except WeightsNotFoundError as err:
+        if not cfg.fallback:
+            raise
+        banner = "=" * 78
+        print(f"{banner}\nPRETRAINED WEIGHTS MISSING: {err}\nFALLING BACK to {cfg.fallback}: tiny models with "
+              f"random initialisation, trained from scratch.\n{banner}", file=sys.stderr)
+        cfg = load_train_config(cfg.fallback)
+        metrics = train(cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
     print(f"model saved to {cfg.output_dir}/final (best: {cfg.output_dir}/best)")
     return 0

@@ -18,7 +18,8 @@ class DatasetConfig:
     eval: str | None = None
     weight: float = 1.0  # share of steps in a joint (multi-task) mixture
     on_error: str = "skip"  # bad samples: "skip" (reported and counted) or "raise"
-    max_audio_seconds: float = 30.0
+    max_audio_seconds: float = 30.0  # longer clips are skipped (or raise)
+    max_text_tokens: int | None = None  # longer prompt + target: skipped (or raise); None: the decoder's context
     bucket: bool = False  # length-bucketed batches (audio / text)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -73,6 +74,7 @@ class TrainConfig:
     num_workers: int = 0
     max_new_tokens: int = 32
     init_from: str | None = None  # a saved model directory to start from (e.g. after joint pretraining)
+    fallback: str | None = None  # a recipe to run instead, loudly, when pretrained weights are missing
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -85,6 +87,7 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
         ds.eval = _resolve(path, ds.eval) if ds.eval else None
     cfg.output_dir = _resolve(path, cfg.output_dir)
     cfg.init_from = _resolve(path, cfg.init_from) if cfg.init_from else None
+    cfg.fallback = _resolve(path, cfg.fallback) if cfg.fallback else None
     dec = cfg.model.decoder
     dec.model, dec.tokenizer = _resolve_local(path, dec.model), _resolve_local(path, dec.tokenizer)
     return cfg

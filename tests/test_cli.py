@@ -1,0 +1,50 @@
+"""The command line: inference commands on a saved model, train with a loud fallback, weights list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mmtransfer
+from mmtransfer.cli import main
+from mmtransfer.synthetic import write_all
+from tests.tiny_models import tiny_model_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_inference_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = mmtransfer.build_model(tiny_model_config() | {"labels": ["negative", "positive"]})
+    model.save_pretrained(tmp_path / "m")
+    image, audio = str(ROOT / "assets" / "sample.png"), str(ROOT / "assets" / "sample.wav")
+    assert main(["caption", str(tmp_path / "m"), image, "--max-new-tokens", "3"]) == 0
+    assert main(["transcribe", str(tmp_path / "m"), audio, "--max-new-tokens", "3"]) == 0
+    assert main(["answer", str(tmp_path / "m"), "--image", image, "what?", "--max-new-tokens", "3"]) == 0
+    assert main(["classify", str(tmp_path / "m"), "a great film"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(image + "\t") and lines[1].startswith(audio + "\t")
+    assert lines[3].split("\t")[1] in ("negative", "positive")
+
+
+def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_all(tmp_path / "data", n_train=16, n_test=4)
+    tiny = yaml.safe_load((ROOT / "recipes" / "configs" / "captioning-tiny.yaml").read_text())
+    tiny["model"]["decoder"]["tokenizer"] = str(ROOT / "assets" / "tiny-tokenizer")
+    tiny["data"][0].update(train=str(data / "shapes" / "captions_train.jsonl"),
+                           eval=str(data / "shapes" / "captions_test.jsonl"), max_eval_samples=4)
+    tiny.update(stages=[{"name": "train", "steps": 2}], eval_every=0, output_dir=str(tmp_path / "tiny-run"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    real = dict(tiny, fallback="tiny.yaml", output_dir=str(tmp_path / "real-run"))
+    real["model"] = dict(tiny["model"], decoder={"model": "no-such-org/no-such-model", "pretrained": True})
+    (tmp_path / "real.yaml").write_text(yaml.safe_dump(real))
+    assert main(["train", str(tmp_path / "real.yaml")]) == 0
+    assert "FALLING BACK" in capsys.readouterr().err
+    assert (tmp_path / "tiny-run" / "final" / "config.json").exists()
+    assert not (tmp_path / "real-run" / "final").exists()
+
+
+def test_weights_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights", "list"]) == 0
+    assert "SmolLM2" in capsys.readouterr().out
