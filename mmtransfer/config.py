@@ -85,8 +85,31 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     for name, value in data.items():
         sub = _dataclass_in(hints[name])
         path = f"{where}.{name}" if where else name
-        kwargs[name] = from_dict(sub, value, path) if sub is not None and value is not None else value
+        if sub is not None and value is not None:
+            kwargs[name] = from_dict(sub, value, path)
+        else:
+            kwargs[name] = _scalar(hints[name], value, path)
     return cls(**kwargs)
+
+
+def _scalar(hint: Any, value: Any, path: str) -> Any:
+    """Check a value against a plain ``int`` / ``float`` / ``bool`` / ``str`` hint (or that ``| None``);
+    other hints pass through. A float field takes an int, or a string that is a number: YAML 1.1 reads
+    ``1e-4`` (no dot, or no exponent sign) as a string."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    args = typing.get_args(hint) if union else (hint,)
+    kinds = [a for a in args if a is not type(None)]
+    if len(kinds) != 1 or kinds[0] not in (int, float, bool, str) or (value is None and len(kinds) < len(args)):
+        return value
+    kind = kinds[0]
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{path}: expected {'a number' if kind is float else kind.__name__}, got {value!r}")
 
 
 def _dataclass_in(hint: Any) -> type | None:
@@ -127,12 +150,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node: Any = data
         *parents, leaf = key.split(".")
         try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML: {err}") from None
+        try:
             for part in parents:
                 node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
             if isinstance(node, list):
-                node[int(leaf)] = yaml.safe_load(raw)
+                node[int(leaf)] = value
             else:
-                node[leaf] = yaml.safe_load(raw)
+                node[leaf] = value
         except (AttributeError, IndexError, ValueError, TypeError):
             raise ConfigError(f"override '{item}': '{key}' does not name a field of this config") from None
     return data

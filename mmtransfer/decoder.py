@@ -67,3 +67,10 @@ def hidden_size(decoder: PreTrainedModel) -> int:
 def decoder_config_dict(decoder: PreTrainedModel) -> dict[str, Any]:
     """The HF config as a dict that ``load_decoder`` can rebuild the architecture from offline."""
     return decoder.config.to_diff_dict() | {"model_type": decoder.config.model_type}
+
+
+def context_length(decoder: PreTrainedModel) -> int | None:
+    """The most positions the decoder was built for (``max_position_embeddings``; GPT-2 maps its
+    ``n_positions`` to it), or None when its config names no limit."""
+    value = getattr(decoder.config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,15 @@ def load_image(item: PathLike | Image.Image) -> Image.Image:
     else:
         path = _existing_file(item, "image")
         try:
-            image = Image.open(path)
-            image.load()  # decode now so truncated files fail here, not later in a transform
+            with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS PIL only warns (up to twice that): refuse
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(path)
+                image.load()  # decode now so truncated files fail here, not later in a transform
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(
+                f"image file {path} is too large to decode ({err}); raise PIL.Image.MAX_IMAGE_PIXELS if you "
+                "trust it"
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ValueError(f"could not read image file {path}: {err}") from err
     if image.mode == "RGB":
@@ -75,6 +83,8 @@ def load_audio(
         wave, name = frames.mean(axis=1), str(path)
     if wave.size == 0:
         raise ValueError(f"audio is empty: {name}")
+    if not np.isfinite(wave).all():  # float WAV/FLAC can hold NaN or inf; they would poison a whole batch
+        raise ValueError(f"audio has NaN or infinite samples: {name}")
     if rate != target_rate:
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target_rate).numpy()
     return np.ascontiguousarray(wave, dtype=np.float32)

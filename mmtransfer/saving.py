@@ -65,8 +65,12 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> Multimoda
     if version != FORMAT_VERSION or kind not in ("full", "trainable"):
         raise ConfigError(f"{directory / CONFIG_NAME}: not an mmtransfer model config (version {version})")
     config = from_dict(ModelConfig, data, where=str(directory / CONFIG_NAME))
-    with torch.random.fork_rng():  # random init of weights that are about to be overwritten
-        model = build_model(config, tokenizer_dir=str(directory))
+    try:
+        with torch.random.fork_rng():  # random init of weights that are about to be overwritten
+            model = build_model(config, tokenizer_dir=str(directory))
+    except (ValueError, KeyError, TypeError) as err:  # e.g. an architecture or encoder argument unknown here
+        text = str(err) if len(str(err)) <= 300 else str(err)[:300] + "..."
+        raise ConfigError(f"{directory / CONFIG_NAME}: cannot build the model it describes: {text}") from err
     _load_tensors(model, directory / WEIGHTS_NAME, strict=kind == "full")
     return model.to(device).eval()
 
@@ -79,13 +83,21 @@ def _load_tensors(model: MultimodalGPT, path: Path, strict: bool) -> None:
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
     bad_shape = sorted(k for k in tensors if k in own and own[k].shape != tensors[k].shape)
+    # another float precision converts on load (GPU runs save frozen encoders in half precision), a
+    # different kind (integer, bool, float) means the file is not what the config describes
+    bad_dtype = sorted(k for k in tensors if k in own and _kind(own[k]) != _kind(tensors[k]))
     missing = _missing(model, own, tensors) if strict else []
-    if unexpected or bad_shape or missing:
+    if unexpected or bad_shape or bad_dtype or missing:
         raise ConfigError(
             f"{path} does not match its config: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(bad_shape)} wrongly shaped tensors (e.g. {(missing + unexpected + bad_shape)[:3]})"
+            f"{len(bad_shape)} wrongly shaped, {len(bad_dtype)} wrongly typed tensors "
+            f"(e.g. {(missing + unexpected + bad_shape + bad_dtype)[:3]})"
         )
     model.load_state_dict(tensors, strict=False)
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    return "float" if tensor.is_floating_point() else "complex" if tensor.is_complex() else str(tensor.dtype)
 
 
 def _missing(model: MultimodalGPT, own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> list[str]:

@@ -123,10 +123,16 @@ def _parse(
     """One line -> a sample; ValueError says what is wrong."""
     try:
         record: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not valid UTF-8: {err}") from None
+    except json.JSONDecodeError as err:
         raise ValueError(f"malformed JSON: {err}") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")  # noqa: TRY004 (bad data, not a bug)
+    try:  # a \ud800-style JSON escape decodes to a lone surrogate, which no tokenizer or file system takes
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"a string holds an unpaired surrogate escape (not valid Unicode): {err}") from None
     sample = task.normalize(record)
     if task.modality is not None:
         sample[task.modality] = _media_path(sample[task.modality], root, task.modality)

@@ -91,6 +91,20 @@ class _HFAudioEncoder(_AudioEncoder):
         }
 
 
+def _whisper_from_pretrained(path: str, max_source_positions: int | None = None, **kw: Any) -> HFWhisperEncoder:
+    """A pretrained Whisper encoder; a smaller ``max_source_positions`` (a shorter ``chunk_length``) keeps the
+    first rows of the pretrained positional table instead of failing on the size mismatch."""
+    encoder = WhisperModel.from_pretrained(path, **kw).encoder
+    full = encoder.config.max_source_positions
+    if max_source_positions is not None and max_source_positions != full:
+        if max_source_positions > full:
+            raise ValueError(f"max_source_positions {max_source_positions} exceeds the checkpoint's {full}")
+        table = encoder.embed_positions.weight.data[:max_source_positions].clone()
+        encoder.embed_positions = nn.Embedding.from_pretrained(table, freeze=True)
+        encoder.config.max_source_positions = encoder.max_source_positions = max_source_positions
+    return encoder
+
+
 @ENCODERS.register("whisper")
 class WhisperEncoder(_HFAudioEncoder):
     """The Whisper encoder on log-mel features from ``WhisperFeatureExtractor``.
@@ -116,7 +130,7 @@ class WhisperEncoder(_HFAudioEncoder):
             hf_config,
             feature_extractor,
             WhisperFeatureExtractor,
-            lambda path, **kw: WhisperModel.from_pretrained(path, **kw).encoder,
+            _whisper_from_pretrained,
             lambda cfg: HFWhisperEncoder(WhisperConfig(**cfg)),
         )
         config = self.encoder.config

@@ -7,13 +7,14 @@ read back with ``torch.load(weights_only=True)``: no unpickling of arbitrary obj
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmtransfer.atomic import atomic_dir
+from mmtransfer.atomic import atomic_dir, recover
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.saving import load, save_pretrained
 
@@ -33,6 +34,12 @@ def save_checkpoint(
         torch.save(state | {"rng": rng_state()}, tmp / "state.pt")
 
 
+def exists(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint, after putting back the previous one if a write was killed
+    between its two renames (see ``mmtransfer.atomic``)."""
+    return (recover(directory) / "state.pt").exists()
+
+
 def load_model(directory: Path) -> MultimodalGPT:
     return load(directory / "model")
 
@@ -41,15 +48,29 @@ def load_training_state(
     directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore optimiser, scheduler and RNG states; return the saved trainer state."""
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    state = torch.load(directory / "state.pt", weights_only=True)
+    optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+    scheduler.load_state_dict(_load(directory / "scheduler.pt"))
+    state = _load(directory / "state.pt")
     set_rng_state(state.pop("rng"))
     return state
 
 
 def read_state(directory: Path) -> dict[str, Any]:
-    return torch.load(directory / "state.pt", weights_only=True)
+    return _load(directory / "state.pt")
+
+
+def _load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors, numbers, strings and containers only, never code."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [x for x in str(err).splitlines() if "GLOBAL" in x or "global" in x]  # what it tried to load
+        raise ValueError(
+            f"{path}: refused to load: it holds objects other than tensors and plain data, which a checkpoint "
+            f"written by mmtransfer never does. {' '.join(lines)}".strip()
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:  # missing, not a torch file, or truncated
+        raise ValueError(f"{path}: not a readable checkpoint file: {err}") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -127,5 +127,6 @@ def _train_loader(
         encoder = model.encoders[task.modality]
         if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
             cache = FeatureCache(Path(cfg.feature_cache), encoder)
-    return make_loader(dataset, Collator(model, task, cache=cache), cfg.batch_size, shuffle=True, seed=cfg.seed,
+    collator = Collator(model, task, cache=cache, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens)
+    return make_loader(dataset, collator, cfg.batch_size, shuffle=True, seed=cfg.seed,
                        bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)

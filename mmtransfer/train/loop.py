@@ -47,7 +47,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     acc = _accelerator(cfg)
     set_seed(cfg.seed)
     resume_dir = out / "checkpoint"
-    resuming = resume and (resume_dir / "state.pt").exists()
+    resuming = resume and ckpt.exists(resume_dir)
     model = _initial_model(cfg, resume_dir if resuming else None)
     _place(model, acc, cfg)
     data = build_data(cfg, model, rank=acc.process_index, world_size=acc.num_processes)
@@ -69,6 +69,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     bar.close()
     metrics = _eval_and_keep_best(model, data, cfg, acc, state, logger)
     if acc.is_main_process:
+        _check_finite(model, state)
         save_pretrained(model, out / "final")
         logger.finish()
         for task, reference, prediction in data.examples(model, 4, cfg.max_new_tokens):
@@ -127,7 +128,7 @@ def _run_stage(
     cfg: TrainConfig, acc: Accelerator, data: TrainData, state: RunState, logger: RunLogger, bar: tqdm,
 ) -> None:
     model_p.train()
-    t0, seen = time.perf_counter(), 0
+    t0, seen, save_due = time.perf_counter(), 0, False
     while state.stage_step < stage.steps:
         task, batch = data.next_batch()
         loss = _train_step(model_p, batch, opt, sched, cfg, acc, state)
@@ -141,8 +142,9 @@ def _run_stage(
         if cfg.eval_every and state.step % cfg.eval_every == 0 and state.stage_step < stage.steps:
             _eval_and_keep_best(model, data, cfg, acc, state, logger)
             model_p.train()
-        if cfg.save_every and state.step % cfg.save_every == 0:
-            _save_checkpoint(model, opt, sched, data, cfg, acc, state)
+        save_due |= bool(cfg.save_every) and state.step % cfg.save_every == 0
+        if save_due:  # put off while non-finite steps run on, until a step is finite again
+            save_due = not _save_checkpoint(model, opt, sched, data, cfg, acc, state)
     _save_checkpoint(model, opt, sched, data, cfg, acc, state)
 
 
@@ -210,7 +212,7 @@ def _eval_and_keep_best(
     logger.log_eval(state.step, metrics)
     key, higher = data.primary_metric()
     value = metrics[key] if higher else -metrics[key]
-    if not math.isnan(value) and (state.best is None or value > state.best):
+    if not math.isnan(value) and (state.best is None or value > state.best) and not _nonfinite_params(model):
         state.best = value
         save_pretrained(model, Path(cfg.output_dir) / "best")
     return metrics
@@ -219,10 +221,30 @@ def _eval_and_keep_best(
 def _save_checkpoint(
     model: MultimodalGPT, opt: Any, sched: Any, data: TrainData, cfg: TrainConfig, acc: Accelerator,
     state: RunState,
-) -> None:
+) -> bool:
+    """Write ``checkpoint/``, except while non-finite steps run on (the model may be diverging: the last
+    checkpoint stays as it is). Returns whether it was written."""
+    if state.nonfinite_in_row:
+        tqdm.write(f"step {state.step}: checkpoint put off, the last step was not finite")
+        return False
+    _check_finite(model, state)
     acc.wait_for_everyone()
     if acc.is_main_process:
         ckpt.save_checkpoint(Path(cfg.output_dir) / "checkpoint", model, opt, sched,
                              {"run": asdict(state), "data": data.state_dict()})
     acc.wait_for_everyone()
+    return True
 
+
+def _nonfinite_params(model: MultimodalGPT) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+
+
+def _check_finite(model: MultimodalGPT, state: RunState) -> None:
+    """Refuse to save trained weights that hold NaN or inf (an update can overflow with finite gradients)."""
+    bad = _nonfinite_params(model)
+    if bad:
+        raise NonFiniteLossError(
+            f"{len(bad)} trained tensors hold NaN or inf at step {state.step} (e.g. {bad[0]}): lower the learning "
+            "rate or use bf16/fp32. Nothing was saved from this state; the last checkpoint is intact."
+        )
