@@ -127,7 +127,10 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         audio: dict[str, torch.Tensor] | None = None,
         class_labels: torch.Tensor | None = None,
     ) -> Output:
-        """LM loss on target tokens only, or (with a classification head) cross-entropy on ``class_labels`` [B]."""
+        """LM loss on target tokens only, or (with a classification head) cross-entropy on ``class_labels`` [B].
+
+        Logits: [B, L, V] without labels; with labels, [B, k, V] for the last k positions (see
+        ``_target_window``); [B, C] with a head."""
         embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, image=image, audio=audio)
         if self.head is not None:
             out = self.decoder(
@@ -137,7 +140,15 @@ class MultimodalGPT(InferenceMixin, nn.Module):
             logits = self.head(out.hidden_states[-1][:, -1])  # left-padded: the last position is real  [B, C]
             loss = F.cross_entropy(logits, class_labels) if class_labels is not None else None
             return Output(loss, logits)
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels)
+        if labels is None:
+            out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+            return Output(None, out.logits)
+        # Rows are left-padded and targets come last, so every target lies in the last ``keep`` positions: the
+        # LM head (vocab x width, the largest matmul of a small decoder) runs on those only, not on the prefix
+        # and prompt whose labels are all ignored. Same loss; logits are [B, keep, V] for that window.
+        keep = _target_window(labels)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                           labels=labels[:, -keep:], logits_to_keep=keep)
         return Output(out.loss, out.logits)
 
     def sequence_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -160,6 +171,17 @@ class MultimodalGPT(InferenceMixin, nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass of the decoder and encoders (less memory, ~30% slower)."""
-        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         for encoder in self.encoders.values():
             encoder.set_grad_checkpointing(True)
+
+
+def _target_window(labels: torch.Tensor) -> int:
+    """Length of the shortest suffix of ``labels`` [B, L] that holds every target plus the position before the
+    first one (which predicts it); at least 2 so that the shifted loss has a position to score."""
+    has_target = labels.ne(IGNORE_INDEX).any(0)  # [L]
+    if not bool(has_target.any()):
+        return labels.shape[1]
+    first = int(has_target.int().argmax())
+    return min(max(labels.shape[1] - first + 1, 2), labels.shape[1])
+

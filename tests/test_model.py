@@ -36,7 +36,10 @@ def test_loss_is_taken_on_target_tokens_only(tiny_model: mmtransfer.MultimodalGP
         kept = labels[row][labels[row] != IGNORE_INDEX].tolist()
         assert kept == ids + [eos]
     assert mask.shape[1] == batch["input_ids"].shape[1] - 1 + n_prefix
-    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    full = tiny_model(batch["input_ids"], batch["attention_mask"], image=batch["image"]).logits  # no labels
+    assert full.shape[1] == labels.shape[1] and out.logits.shape[1] < full.shape[1]  # the LM head skips the prefix
+    assert torch.allclose(out.logits, full[:, -out.logits.shape[1]:], atol=1e-5)
+    logits = full[:, :-1].reshape(-1, full.shape[-1])
     manual = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
     assert torch.allclose(out.loss, manual, atol=1e-6)
 

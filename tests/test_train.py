@@ -56,6 +56,9 @@ def test_every_recipe_config_validates(path: Path) -> None:
     assert cfg.data and cfg.stages
     for ds in cfg.data:
         assert mmtransfer.tasks.get_task(ds.task).name == ds.task
+    if cfg.fallback:  # the recipe run when pretrained weights are missing must itself need none
+        fallback = load_train_config(cfg.fallback)
+        assert not fallback.fallback and fallback.model.decoder.pretrained is False
 
 
 def test_bad_config_names_the_field(tmp_path: Path) -> None:

@@ -42,8 +42,8 @@ class Encoder(nn.Module):
         for module in self.children():
             if hasattr(module, "set_grad_checkpointing"):  # timm
                 module.set_grad_checkpointing(enable)
-            elif hasattr(module, "gradient_checkpointing_enable") and enable:  # transformers
-                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(module, "activation_checkpointing_enable") and enable:  # transformers
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_encoder(name: str, **kwargs: Any) -> Encoder:
