@@ -10,6 +10,8 @@ Train on a random subset of ``train.tsv`` (seed 0) of each size in ``--sizes``; 
 * ``probe``: ``recipes/configs/sst2-probe.yaml``: frozen decoder + linear head, pretrained vs the same
   architecture with random weights (``model.decoder.pretrained=false``).
 * ``lora``: ``recipes/configs/sst2-lora.yaml``: short probe then LoRA r=8 + head, at ``--lora-sizes``.
+* ``lora_lm``: ``recipes/configs/sst2-lora-lm.yaml``: LoRA r=8 trained to continue the prompt with the label
+  word, predicted by label scoring as in ``prompt`` (no head), at ``--lora-sizes``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sst2.py --parts baseline,prompt,probe --sizes 100,1000
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sst2.py --parts lora --lora-sizes 1000 \
@@ -62,7 +64,7 @@ def tfidf_lr(train: list[tuple[str, str]], dev: list[tuple[str, str]]) -> tuple[
 
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "sst2")
-    p.add_argument("--parts", default="baseline,prompt,probe,lora")
+    p.add_argument("--parts", default="baseline,prompt,probe,lora,lora_lm")
     p.add_argument("--sizes", default="100,1000", help="training subset sizes (baseline, probe)")
     p.add_argument("--lora-sizes", default="1000")
     p.add_argument("--lora-epochs", type=float, default=2.0)
@@ -122,14 +124,15 @@ def main() -> None:
     def trained(recipe: str, n: int, epochs: float, name: str, scratch: bool) -> None:
         steps = max(20, math.ceil(epochs * n / 16))
         out = work / "runs" / f"{name}_{n}{'_scratch' if scratch else ''}"
-        stage = 1 if name == "lora" else 0  # the LoRA recipe's first stage is a short fixed probe
+        stage = 1 if name == "lora" else 0  # the LoRA + head recipe's first stage is a short fixed probe
         overrides = [f"data.0.train={work / f'train_{n}.jsonl'}", "data.0.eval=null", f"output_dir={out}",
                      f"stages.{stage}.steps={steps}"]
         if scratch:
             overrides.append("model.decoder.pretrained=false")
         _, secs = run_recipe(CONFIGS / recipe, overrides)
         metrics, eval_s, _ = evaluate_saved(out / "final", "classification", dev_path, 32)
-        label = {"probe": "frozen SmolLM2 + linear head", "lora": "LoRA r=8 + head (after 30-step probe)"}[name]
+        label = {"probe": "frozen SmolLM2 + linear head", "lora": "LoRA r=8 + head (after 30-step probe)",
+                 "lora_lm": "LoRA r=8, label words scored by the LM (no head)"}[name]
         res.add(task, f"{label}, {'random-init' if scratch else 'pretrained'} decoder", n, secs, "accuracy",
                 metrics["accuracy"], peer(n), eval_s=round(eval_s, 1), steps=steps, batch=16)
 
@@ -138,10 +141,11 @@ def main() -> None:
         for n in sizes:
             for scratch in (False, True) if "probe" in scratch_parts else (False,):
                 trained("sst2-probe.yaml", n, args.probe_epochs, "probe", scratch)
-    if "lora" in parts:
-        for n in lora_sizes:
-            for scratch in (False, True) if "lora" in scratch_parts else (False,):
-                trained("sst2-lora.yaml", n, args.lora_epochs, "lora", scratch)
+    for name in ("lora", "lora_lm"):
+        if name in parts:
+            for n in lora_sizes:
+                for scratch in (False, True) if name in scratch_parts else (False,):
+                    trained(f"sst2-{name.replace('_', '-')}.yaml", n, args.lora_epochs, name, scratch)
     res.finish()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 import mmtransfer
+import mmtransfer.data.datasets as datasets_module
 from mmtransfer.data import (
     MODEL_INPUTS,
     BucketBatchSampler,
@@ -319,6 +321,32 @@ def test_feature_cache_hits_misses_and_invalidation(
         encoder.model.blocks[0].mlp.fc1.weight.add_(0.1)  # new weights: everything misses
     Collator(model, "captioning", cache=FeatureCache(tmp_path / "cache", encoder))(items[:2])
     assert calls[0] == before + 4
+
+
+def test_warm_cache_items_are_not_decoded_and_give_the_same_batch(
+    tmp_path: Path, caption_manifest: Path, model: mmtransfer.MultimodalGPT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = FeatureCache(tmp_path / "cache", model.encoders["image"])
+    collate = Collator(model, "captioning", cache=cache)
+    dataset = TaskDataset(read_manifest(caption_manifest, "captioning"), "captioning", cached=cache.contains)
+    cold = collate([dataset[i] for i in range(3)])  # first epoch: decoded and encoded
+    decoded = [0]
+    real = datasets_module.load_image
+
+    def counting(path: Any) -> Any:
+        decoded[0] += 1
+        return real(path)
+
+    monkeypatch.setattr(datasets_module, "load_image", counting)
+    warm_items = [dataset[i] for i in range(3)]
+    assert decoded[0] == 0 and all(x["image"] is None for x in warm_items)
+    warm = collate(warm_items)
+    assert decoded[0] == 0 and cache.loaded == 3
+    for key in ("features", "mask"):
+        assert torch.equal(cold["image"][key], warm["image"][key])
+    shutil.rmtree(tmp_path / "cache")  # gone between the dataset's check and the collator: decoded there
+    evicted = collate(warm_items)
+    assert decoded[0] == 3 and torch.allclose(evicted["image"]["features"], cold["image"]["features"], atol=1e-6)
 
 
 def test_feature_cache_needs_a_frozen_encoder_of_the_model(tmp_path: Path, model: mmtransfer.MultimodalGPT) -> None:

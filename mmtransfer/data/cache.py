@@ -33,7 +33,15 @@ CACHE_VERSION = 1  # bump when mmtransfer.io's decoding changes what an encoder 
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of the file's bytes, remembered per (path, size, mtime) so later epochs do not re-read it."""
+    st = os.stat(path)
+    memo = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if memo not in _HASHES:
+        _HASHES[memo] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _HASHES[memo]
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def encoder_fingerprint(encoder: Encoder) -> str:
@@ -66,6 +74,10 @@ class FeatureCache:
     def key(self, file: str | os.PathLike) -> str:
         dtype = next(self.encoder.parameters()).dtype
         return hashlib.sha256(f"{self.fingerprint}|{dtype}|{file_hash(file)}".encode()).hexdigest()
+
+    def contains(self, file: str | os.PathLike) -> bool:
+        """Whether ``file``'s features are on disk (the dataset then need not decode it)."""
+        return self._path(self.key(file)).exists()
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.safetensors"

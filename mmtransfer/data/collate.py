@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from mmtransfer.data.cache import FeatureCache
-from mmtransfer.data.datasets import Item
+from mmtransfer.data.datasets import Item, decode
 from mmtransfer.data.manifest import Skip, check_on_error, report
 from mmtransfer.decoder import context_length
 from mmtransfer.processing import with_placeholder
@@ -122,11 +122,10 @@ class Collator:
         return [items[i] for i in keep], {k: v[:, v.shape[1] - width :] for k, v in rows.items()}
 
     def _media(self, modality: str, items: list[Item]) -> dict[str, torch.Tensor]:
-        media = [x[modality] for x in items]
         rate = items[0].get("sample_rate")
 
         def encoder_inputs(indices: list[int]) -> dict[str, torch.Tensor]:
-            return self.processor.preprocess(modality, [media[i] for i in indices], rate)
+            return self.processor.preprocess(modality, [_media_of(items[i], modality) for i in indices], rate)
 
         if self.cache is None:
             return encoder_inputs(list(range(len(items))))
@@ -137,7 +136,7 @@ class Collator:
         errors = {}
         for i, item in enumerate(items):
             try:
-                self.processor.preprocess(modality, [item[modality]], item.get("sample_rate"))
+                self.processor.preprocess(modality, [_media_of(item, modality)], item.get("sample_rate"))
             except (ValueError, RuntimeError, OSError) as err:
                 errors[i] = f"{modality} file {item.get('file', '<in memory>')}: {err}"
         return errors
@@ -151,3 +150,10 @@ class Collator:
                 f"{path}:{line}: label '{item['label']}' is not one of the model's labels {self.class_names}; "
                 "pass labels= to read_manifest to skip such lines"
             ) from None
+
+
+def _media_of(item: Item, modality: str) -> Any:
+    """The item's decoded media; decoded here when the dataset skipped it as cached (a cache miss after all)."""
+    media = item[modality]
+    return decode(modality, item["file"], item.get("sample_rate")) if media is None else media
+

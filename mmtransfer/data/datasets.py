@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -28,6 +28,9 @@ class TaskDataset(Dataset):
 
     ``expand_targets=True`` makes one item per training target (each reference caption of an image);
     leave it off for evaluation, where each sample should count once.
+
+    ``cached(file) -> bool`` (a ``FeatureCache.contains``): files it accepts are not decoded, their item holds
+    ``None`` for the media (the collator reads their features from the cache, or decodes them if they are gone).
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class TaskDataset(Dataset):
         sample_rate: int | None = None,
         on_error: str = "skip",
         expand_targets: bool = False,
+        cached: Callable[[str], bool] | None = None,
     ) -> None:
         check_on_error(on_error)
         self.task = get_task(task)
@@ -54,6 +58,7 @@ class TaskDataset(Dataset):
             for target in (self.task.targets(sample) if expand_targets else [self.task.target(sample)])
         ]
         self.skipped: list[Skip] = []
+        self.cached = cached
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -66,7 +71,8 @@ class TaskDataset(Dataset):
         if modality is None:
             return item
         try:
-            item[modality] = self._decode(sample[modality])
+            cached = self.cached is not None and isinstance(sample[modality], str) and self.cached(sample[modality])
+            item[modality] = None if cached else decode(modality, sample[modality], self.sample_rate)
         except (ValueError, OSError) as err:
             path, line = sample.get("source", ("<samples>", i))
             skip = Skip(path, line, str(err))
@@ -78,11 +84,6 @@ class TaskDataset(Dataset):
             item["sample_rate"] = self.sample_rate
         return item
 
-    def _decode(self, media: Any) -> Any:
-        if self.task.modality == "image":
-            return load_image(media)
-        return load_audio(media, self.sample_rate)
-
     def lengths(self) -> list[float]:
         """Per item, for length bucketing: audio seconds (from the header) or characters of prompt + target."""
         out = []
@@ -93,3 +94,11 @@ class TaskDataset(Dataset):
             else:
                 out.append(sum(len(v) for v in self.task.prompt_fields(sample).values()) + len(target))
         return out
+
+
+def decode(modality: str, media: Any, sample_rate: int | None = None) -> Any:
+    """A path (or already-decoded media) -> PIL RGB image, or float32 mono audio [T] at ``sample_rate``."""
+    if modality == "image":
+        return load_image(media)
+    return load_audio(media, sample_rate)
+

@@ -106,7 +106,8 @@ def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size
 
 
 def _dataset(
-    ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None, train: bool
+    ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None, train: bool,
+    cache: FeatureCache | None = None,
 ) -> TaskDataset:
     labels = model.config.labels if task.api == "classify" else None
     manifest = read_manifest(path, task, labels=labels, on_error=ds.on_error,
@@ -115,18 +116,19 @@ def _dataset(
     if not samples:
         raise ValueError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
     rate = model.encoders["audio"].sample_rate if task.modality == "audio" else None
-    return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train)
+    return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,
+                       cached=cache.contains if cache is not None else None)
 
 
 def _train_loader(
     ds: DatasetConfig, task: Task, cfg: TrainConfig, model: MultimodalGPT, rank: int, world_size: int
 ) -> torch.utils.data.DataLoader:
-    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True)
     cache = None
     if cfg.feature_cache and task.modality is not None:
         encoder = model.encoders[task.modality]
         if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
             cache = FeatureCache(Path(cfg.feature_cache), encoder)
+    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, cache=cache)
     collator = Collator(model, task, cache=cache, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens)
     return make_loader(dataset, collator, cfg.batch_size, shuffle=True, seed=cfg.seed,
                        bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)

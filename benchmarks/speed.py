@@ -1,0 +1,529 @@
+"""Speed and memory: ours against the peers a user would otherwise pick, side by side in one run.
+
+Peers (``_peers.py``): Hugging Face ``VisionEncoderDecoderModel`` / ``SpeechEncoderDecoderModel`` (a GPT-2
+decoder with cross-attention) used directly from transformers, and ClipCap's design (pooled image
+embedding -> MLP mapper -> prefix, generation that re-runs the whole sequence every step). Every system
+gets the same decoder size (6 layers, width 512, 50,257-token vocabulary; GPT-2's shape), the same frozen
+encoder size (ViT-S/16 at 224 px; a Whisper-tiny-sized encoder on 30 s windows), the same inputs and the
+same optimiser (AdamW). Weights are random: speed does not depend on them, and nothing is downloaded.
+
+Sections (``--sections``, comma-separated; all by default):
+
+* ``peak``: this machine's fp32 matmul peak (2048x2048, best of several), the denominator of MFU;
+* ``train``: training samples/s (forward, backward, optimiser step) for captioning and ASR, with
+  ours' LM head on every position (as before ``logits_to_keep``) as a row of its own;
+* ``cache``: one epoch through the real data pipeline (files on disk -> dataset -> collator -> step) with
+  no feature cache, with a cold cache (epoch 1) and a warm one (epoch 2+);
+* ``generate``: new tokens/s and latency, batch 1 and 32, greedy and beam 4, 20 new tokens each;
+* ``mfu``: a training step of a SmolLM2-135M-sized decoder (full fine-tune, 8 x 256 tokens): model
+  FLOPs/s over the measured peak, ours against the plain ``LlamaForCausalLM`` step;
+* ``memory``: peak RSS (CPU; max allocated on GPU) of one training step of a SmolLM2-sized captioner, each
+  variant in a fresh process: full / gradient checkpointing / LoRA / both, and the VED peer;
+* ``scaling``: ours' training samples/s as batch size, prefix length and audio duration double;
+* ``profile``: the top operators of ours' warm-cache captioning step (torch.profiler).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --out outputs/bench/speed.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --device cuda --precision bf16 --out speed-bf16.json
+
+Wall times on a shared machine are noisy: read the ratios (measured back to back in one run), not the
+absolute numbers, and compare runs only on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from common import ROOT, Results, load_avg  # noqa: E402
+
+TOKENIZER = str(ROOT / "assets" / "tiny-tokenizer")
+DECODER = {"model_type": "gpt2", "n_layer": 6, "n_embd": 512, "n_head": 8, "n_positions": 1024,
+           "vocab_size": 50257, "bos_token_id": 0, "eos_token_id": 0}
+SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+           "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 2048,
+           "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
+VIT_S = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}
+WHISPER_TINY = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536,
+                "num_mel_bins": 80, "max_source_positions": 1500}
+CAPTIONS = ["two red circles on the left", "one blue square in the middle of the picture",
+            "three green triangles on the right", "a yellow circle at the top left"]
+NEW_TOKENS = 20
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+class Bench:
+    """Device, autocast precision and timing shared by every section."""
+
+    def __init__(self, device: str, precision: str, repeat: int) -> None:
+        self.device = torch.device(device)
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.repeat = repeat
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def time(self, fn: Callable[[], Any], warmup: int = 1, repeat: int | None = None) -> float:
+        """Median wall seconds of ``fn()`` over ``repeat`` calls after ``warmup`` calls."""
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeat or self.repeat):
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def train_step(self, model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        """One AdamW step over ``model``'s trainable parameters (fp16 with a GradScaler)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+        model.train()
+
+        def step() -> None:
+            with self.autocast():
+                loss = loss_fn()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+
+def decoder_cfg(config: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "bench-decoder", "pretrained": False, "config": dict(config), "tokenizer": TOKENIZER}
+
+
+def ours_captioner(decoder: dict[str, Any] = DECODER, projector: dict[str, Any] | None = None,
+                   trainable: dict[str, Any] | None = None) -> Any:
+    import mmtransfer
+
+    return mmtransfer.build_model({
+        "decoder": decoder_cfg(decoder),
+        "image_encoder": {"name": "timm", "model_name": "vit_small_patch16_224", "pretrained": False,
+                          "model_kwargs": VIT_S},
+        "image_projector": projector or {"name": "mlp"},
+        "prompts": {"caption": "<image>Caption:"},
+        "trainable": trainable or {"image_encoder": "frozen", "projectors": "full", "decoder": "full"},
+    })
+
+
+def ours_asr(seconds: int = 30, k: int = 4) -> Any:
+    import mmtransfer
+
+    return mmtransfer.build_model({
+        "decoder": decoder_cfg(DECODER),
+        "audio_encoder": {"name": "whisper", "pretrained": False,
+                          "hf_config": WHISPER_TINY | {"max_source_positions": 50 * seconds},
+                          "feature_extractor": {"chunk_length": seconds}},
+        "audio_projector": {"name": "frame_stack", "k": k},
+        "prompts": {"transcribe": "<audio>Transcript:"},
+        "trainable": {"audio_encoder": "frozen", "projectors": "full", "decoder": "full"},
+    })
+
+
+def images(n: int, seed: int = 0) -> list[Any]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def waves(n: int, seconds: float, seed: int = 0) -> list[Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32) for _ in range(n)]
+
+
+def captions(n: int) -> list[str]:
+    return [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
+
+
+def to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    from mmtransfer.processing import to_device
+
+    return to_device({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "image",
+                                                              "audio")}, device)
+
+
+def peer_labels(model: Any, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target token ids + EOS, right-padded: (labels [B, T] with -100 padding, ClipCap tokens [B, T] 0-padded)."""
+    tok = model.tokenizer
+    ids = [tok(" " + t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in texts]
+    width = max(map(len, ids))
+    labels = torch.full((len(ids), width), -100)
+    for i, row in enumerate(ids):
+        labels[i, : len(row)] = torch.tensor(row)
+    return labels.to(device), labels.clamp(min=0).to(device)
+
+
+# ------------------------------------------------------------------------------------------------ sections
+
+
+def cached_features(model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """What a warm feature cache hands the model instead of pixels: the frozen encoder's output."""
+    with torch.no_grad():
+        feats, mask = model.encoders["image"](**batch["image"])
+    return {"features": feats, "mask": mask}
+
+
+def section_peak(b: Bench, res: Results) -> float:
+    """Best fp32 2048x2048 matmul FLOP/s (``torch.mm``, the BLAS this torch was built with)."""
+    n = 2048
+    x, y = torch.randn(n, n, device=b.device), torch.randn(n, n, device=b.device)
+    seconds = min(b.time(lambda: torch.mm(x, y), warmup=2, repeat=5) for _ in range(3))
+    peak = 2 * n**3 / seconds
+    res.add("machine", "fp32 matmul peak (2048x2048)", "-", None, "GFLOP/s", peak / 1e9)
+    return peak
+
+
+def section_train(b: Bench, res: Results, batch_size: int) -> None:
+    from _peers import build_clipcap, build_sed, build_ved, vit_config
+
+    import mmtransfer.model as model_module
+
+    bs = batch_size
+    task = f"captioning train, bs {bs} (ViT-S/16 224 px frozen; decoder 6x512)"
+    ours = ours_captioner().to(b.device)
+    batch = to(ours.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+    pixels = batch["image"]["pixel_values"]
+    rows: dict[str, float] = {}
+    rows["ours (MLP projector, all 197 ViT tokens)"] = bs / b.time(b.train_step(ours, lambda: ours(**batch).loss))
+    # the LM head on every position, as before the ``logits_to_keep`` change (profile: the largest matmul)
+    window = model_module._target_window
+    model_module._target_window = lambda labels: labels.shape[1]
+    try:
+        rows["ours, LM head on all positions (before the fix)"] = bs / b.time(
+            b.train_step(ours, lambda: ours(**batch).loss))
+    finally:
+        model_module._target_window = window
+    res32 = ours_captioner(projector={"name": "resampler", "num_queries": 32}).to(b.device)
+    rows["ours (resampler, 32 queries)"] = bs / b.time(b.train_step(res32, lambda: res32(**batch).loss))
+    for name, model in (("MLP projector", ours), ("resampler, 32 queries", res32)):
+        cached = dict(batch, image=cached_features(model, batch))
+        rows[f"ours ({name}), warm feature cache"] = bs / b.time(
+            b.train_step(model, lambda model=model, cached=cached: model(**cached).loss))
+    labels, tokens = peer_labels(ours, captions(bs), b.device)
+    ved = build_ved(vit_config(VIT_S), DECODER).to(b.device)
+    rows["HF VisionEncoderDecoderModel"] = bs / b.time(
+        b.train_step(ved, lambda: ved(pixel_values=pixels, labels=labels).loss))
+    clipcap = build_clipcap(ours.encoders["image"].model, DECODER).to(b.device)
+    mask = torch.cat([torch.ones(bs, clipcap.prefix_length, device=b.device), (tokens > 0).float()], 1)
+    rows["ClipCap design (pooled CLS + MLP mapper, 10 prefix)"] = bs / b.time(
+        b.train_step(clipcap, lambda: clipcap.loss(tokens, clipcap.encode_image(pixels), mask)))
+    peer = rows["HF VisionEncoderDecoderModel"]
+    for method, sps in rows.items():
+        res.add(task, method, bs, None, "samples/s", sps, f"VED: {peer:.2f}", ratio_vs_ved=round(sps / peer, 2))
+
+    task = f"ASR train, bs {bs // 2}, 3 s clips (Whisper-tiny-size encoder frozen, 30 s window; decoder 6x512)"
+    bs = bs // 2
+    ours = ours_asr().to(b.device)
+    batch = to(ours.processor(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, 3.0),
+                              sample_rate=16000), b.device)
+    rows = {"ours (frame stacking k=4, valid frames only)": bs / b.time(b.train_step(ours, lambda: ours(**batch).loss))}
+    labels, _ = peer_labels(ours, captions(bs), b.device)
+    sed = build_sed(WHISPER_TINY, DECODER).to(b.device)
+    feats = batch["audio"]["input_features"]
+    rows["HF SpeechEncoderDecoderModel"] = bs / b.time(
+        b.train_step(sed, lambda: sed(input_features=feats, labels=labels).loss))
+    short = ours_asr(seconds=3).to(b.device)
+    sbatch = to(short.processor(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, 3.0),
+                                sample_rate=16000), b.device)
+    rows["ours, 3 s window (chunk_length: 3)"] = bs / b.time(b.train_step(short, lambda: short(**sbatch).loss))
+    peer = rows["HF SpeechEncoderDecoderModel"]
+    for method, sps in rows.items():
+        res.add(task, method, bs, None, "samples/s", sps, f"SED: {peer:.2f}", ratio_vs_sed=round(sps / peer, 2))
+
+
+def section_cache(b: Bench, res: Results, batch_size: int, n: int = 96) -> None:
+    """Epochs through files on disk: TaskDataset -> Collator (-> FeatureCache) -> a training step."""
+    from mmtransfer.data import Collator, FeatureCache, TaskDataset, make_loader, read_manifest
+    from mmtransfer.data.collate import MODEL_INPUTS
+    from mmtransfer.synthetic import write_shapes
+
+    model = ours_captioner().to(b.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "shapes"
+        write_shapes(data, n_train=n, n_test=1, size=224)
+        manifest = data / "captions_train.jsonl"
+
+        def epoch(cache: FeatureCache | None) -> float:
+            dataset = TaskDataset(read_manifest(str(manifest), "captioning"), "captioning",
+                                  cached=cache.contains if cache is not None else None)
+            loader = make_loader(dataset, Collator(model, "captioning", cache=cache), batch_size, shuffle=True,
+                                 seed=0)
+            current: dict[str, Any] = {}
+            step = b.train_step(model, lambda: model(**current).loss)
+            b.sync()
+            t0 = time.perf_counter()
+            for raw in loader:
+                current.clear()
+                current.update(to({k: v for k, v in raw.items() if k in MODEL_INPUTS}, b.device))
+                step()
+            b.sync()
+            return n / (time.perf_counter() - t0)
+
+        none = epoch(None)
+        cache = FeatureCache(Path(tmp) / "cache", model.encoders["image"])
+        cold = epoch(cache)
+        warm = statistics.median(epoch(FeatureCache(Path(tmp) / "cache", model.encoders["image"])) for _ in range(2))
+    task = f"captioning epoch from files ({n} PNGs, bs {batch_size}, ViT-S frozen)"
+    res.add(task, "no feature cache", n, None, "samples/s", none, "")
+    res.add(task, "feature cache, cold (epoch 1: encode + write)", n, None, "samples/s", cold, f"no cache: {none:.2f}")
+    res.add(task, "feature cache, warm (epoch 2+)", n, None, "samples/s", warm, f"cold: {cold:.2f}",
+            warm_over_cold=round(warm / cold, 2), warm_over_no_cache=round(warm / none, 2))
+
+
+def section_generate(b: Bench, res: Results) -> None:
+    from _peers import build_clipcap, build_ved, clipcap_generate_beam, clipcap_generate_greedy, vit_config
+
+    ours = ours_captioner().eval().to(b.device)
+    ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
+    clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
+    ved.generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
+    fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
+    for bs in (1, 32):
+        batch = to(ours.processor(["<image>Caption:"] * bs, images=images(bs)), b.device)
+        pixels = batch["image"]["pixel_values"]
+        for beams in (1, 4):
+            def run_ours(batch: dict[str, Any] = batch, beams: int = beams) -> None:
+                ours._generate_batch(batch, num_beams=beams, do_sample=False, temperature=1.0, top_p=1.0, **fixed)
+
+            def run_ved(pixels: torch.Tensor = pixels, beams: int = beams) -> None:
+                ved.generate(pixel_values=pixels, num_beams=beams, do_sample=False, **fixed)
+
+            def run_clipcap(pixels: torch.Tensor = pixels, beams: int = beams) -> None:
+                prefix = clipcap.prefix_embeds(pixels)
+                if beams == 1:
+                    clipcap_generate_greedy(clipcap, prefix, NEW_TOKENS)
+                else:  # ClipCap's beam search takes one image at a time
+                    for i in range(len(prefix)):
+                        clipcap_generate_beam(clipcap, prefix[i : i + 1], beams, NEW_TOKENS)
+
+            rows = {}
+            with torch.inference_mode(), b.autocast():
+                for name, fn in (("ours (HF generate, KV cache)", run_ours), ("HF VisionEncoderDecoderModel", run_ved),
+                                 ("ClipCap design (no KV cache)", run_clipcap)):
+                    rows[name] = b.time(fn, repeat=max(1, b.repeat // 2) if bs > 1 else b.repeat)
+            task = f"caption generation, batch {bs}, {'greedy' if beams == 1 else f'beam {beams}'}, {NEW_TOKENS} tokens"
+            for name, secs in rows.items():
+                tps = bs * NEW_TOKENS / secs
+                res.add(task, name, bs, None, "new tokens/s", tps,
+                        f"ClipCap: {bs * NEW_TOKENS / rows['ClipCap design (no KV cache)']:.1f}; "
+                        f"VED: {bs * NEW_TOKENS / rows['HF VisionEncoderDecoderModel']:.1f}",
+                        latency_s=round(secs, 3), vs_clipcap=round(rows["ClipCap design (no KV cache)"] / secs, 2),
+                        vs_ved=round(rows["HF VisionEncoderDecoderModel"] / secs, 2))
+
+
+def model_flops_per_step(decoder: torch.nn.Module, batch: int, seq: int) -> float:
+    """Training FLOPs of one step: 6 x (weights of every Linear, LM head included) per token, plus attention
+    scores and values, 12 x layers x width x seq per token (forward 1x, backward 2x)."""
+    cfg = decoder.config
+    linear = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, torch.nn.Linear))
+    return batch * seq * (6 * linear + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq)
+
+
+def section_mfu(b: Bench, res: Results, peak: float, batch: int = 8, seq: int = 256) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import mmtransfer
+
+    ids = torch.randint(0, SMOLLM2["vocab_size"], (batch, seq), device=b.device)
+    mask = torch.ones_like(ids)
+    ours = mmtransfer.build_model({"decoder": decoder_cfg(SMOLLM2)}).to(b.device)
+    flops = model_flops_per_step(ours.decoder, batch, seq)
+    s_ours = b.time(b.train_step(ours, lambda: ours(ids, mask, labels=ids).loss), repeat=3)
+    cfg = dict(SMOLLM2)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).to(b.device)
+    s_plain = b.time(b.train_step(plain, lambda: plain(input_ids=ids, attention_mask=mask, labels=ids).loss),
+                     repeat=3)
+    task = f"SmolLM2-135M-size decoder, full fine-tune step, {batch} x {seq} tokens"
+    for name, secs in (("ours (MultimodalGPT, text only)", s_ours), ("plain LlamaForCausalLM", s_plain)):
+        res.add(task, name, batch * seq, None, "MFU (of measured fp32 peak)", flops / secs / peak,
+                f"plain HF: {flops / s_plain / peak:.3f}", tflops=round(flops / secs / 1e12, 3),
+                step_s=round(secs, 2), model_tflop_per_step=round(flops / 1e12, 3))
+
+
+MEMORY_VARIANTS = ("full", "full+ckpt", "lora", "lora+ckpt", "ved")
+
+
+def memory_child(variant: str, device: str, batch_size: int) -> dict[str, float]:
+    """Peak memory of one training step (runs in a fresh process: ru_maxrss only grows)."""
+    from _peers import build_ved, vit_config
+
+    b = Bench(device, "fp32", 1)
+    bs = batch_size
+    if variant == "ved":
+        model = build_ved(vit_config(VIT_S), SMOLLM2).to(b.device)
+        ours = ours_captioner(decoder=SMOLLM2)
+        labels, _ = peer_labels(ours, captions(bs), b.device)
+        pixels = ours.processor.preprocess("image", images(bs))["pixel_values"].to(b.device)
+        del ours
+        step = b.train_step(model, lambda: model(pixel_values=pixels, labels=labels).loss)
+    else:
+        lora = variant.startswith("lora")
+        model = ours_captioner(decoder=SMOLLM2, trainable={
+            "image_encoder": "frozen", "projectors": "full", "decoder": "lora" if lora else "full"}).to(b.device)
+        if variant.endswith("+ckpt"):
+            model.enable_gradient_checkpointing()
+        batch = to(model.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        step = b.train_step(model, lambda: model(**batch).loss)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if b.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = b.time(step, warmup=1, repeat=1)
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_step_mb": before,
+           "step_s": seconds}
+    if b.device.type == "cuda":
+        out["max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def section_memory(b: Bench, res: Results, batch_size: int) -> None:
+    task = f"peak memory, one training step, bs {batch_size} (ViT-S frozen + SmolLM2-135M-size decoder)"
+    names = {"full": "ours, full fine-tune", "full+ckpt": "ours, full + gradient checkpointing",
+             "lora": "ours, LoRA r=8", "lora+ckpt": "ours, LoRA + gradient checkpointing",
+             "ved": "HF VisionEncoderDecoderModel, full (cross-attention decoder)"}
+    results = {}
+    for variant in MEMORY_VARIANTS:
+        cmd = [sys.executable, __file__, "--memory-child", variant, "--device", str(b.device),
+               "--batch-size", str(batch_size)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory variant {variant} failed:\n{proc.stderr[-3000:]}")
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    key = "max_allocated_mb" if b.device.type == "cuda" else "peak_rss_mb"
+    full = results["full"][key]
+    for variant, m in results.items():
+        res.add(task, names[variant], batch_size, None, "peak MB (" + ("GPU max allocated" if key != "peak_rss_mb"
+                else "process RSS") + ")", m[key], f"ours full: {full:.0f}", step_s=round(m["step_s"], 2),
+                rss_before_step_mb=round(m["rss_before_step_mb"], 1))
+
+
+def section_scaling(b: Bench, res: Results) -> None:
+    def sps(model: Any, batch: dict[str, Any], bs: int) -> float:
+        return bs / b.time(b.train_step(model, lambda: model(**batch).loss), repeat=max(2, b.repeat // 2))
+
+    ours = ours_captioner().to(b.device)
+    for bs in (4, 8, 16, 32):
+        batch = to(ours.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        res.add("scaling: batch size (captioning, ViT-S frozen, MLP projector)", "ours", bs, None, "samples/s",
+                sps(ours, batch, bs), "")
+    del ours
+    bs = 8
+    for queries in (16, 32, 64, 128):
+        model = ours_captioner(projector={"name": "resampler", "num_queries": queries}).to(b.device)
+        batch = to(model.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        res.add("scaling: prefix length (resampler queries, bs 8)", "ours", queries, None, "samples/s",
+                sps(model, batch, bs), "")
+    for seconds in (2, 4, 8, 16):
+        model = ours_asr(seconds=seconds).to(b.device)
+        batch = to(model.processor(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, seconds),
+                                   sample_rate=16000), b.device)
+        res.add("scaling: audio duration (Whisper-tiny size, window = clip, k=4, bs 8)", "ours", f"{seconds:g} s",
+                None, "samples/s", sps(model, batch, bs), "")
+
+
+def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> None:
+    """Top operators by self CPU time of ours' captioning step on cached features."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = ours_captioner().to(b.device)
+    batch = to(model.processor(["<image>Caption:"] * batch_size, targets=captions(batch_size),
+                               images=images(batch_size)), b.device)
+    batch["image"] = cached_features(model, batch)
+    step = b.train_step(model, lambda: model(**batch).loss)
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    print(table)
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]:
+        res.add(f"profile: ours captioning step on cached features, bs {batch_size}", e.key, batch_size, None,
+                "share of self CPU time", e.self_cpu_time_total / total, "", calls=e.count)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+SECTIONS = ("peak", "train", "cache", "generate", "mfu", "memory", "scaling", "profile")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "speed.json"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast dtype for train/generate (fp32 on CPU: no fast bf16 there)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=4, help="timed calls per measurement (median)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-child", choices=MEMORY_VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.device, args.batch_size)))
+        return
+    b = Bench(args.device, args.precision, args.repeat)
+    res = Results(f"speed ({args.device}, {args.precision})", args.out, argv)
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    peak = None
+    for name in sections:
+        print(f"== {name} (load average {load_avg()})", flush=True)
+        if name == "peak":
+            peak = section_peak(b, res)
+        elif name == "train":
+            section_train(b, res, args.batch_size)
+        elif name == "cache":
+            section_cache(b, res, args.batch_size)
+        elif name == "generate":
+            section_generate(b, res)
+        elif name == "mfu":
+            section_mfu(b, res, peak if peak is not None else section_peak(b, res))
+        elif name == "memory":
+            section_memory(b, res, args.batch_size // 2)
+        elif name == "scaling":
+            section_scaling(b, res)
+        elif name == "profile":
+            section_profile(b, res, args.batch_size)
+    res.finish()
+
+
+if __name__ == "__main__":
+    main()
