@@ -11,6 +11,8 @@ Rows (``--parts``, comma-separated):
   frame stacking k=4, SmolLM2-135M pretrained + LoRA r=8 (projector and LoRA train).
 * ``scratch``: the same at the same step budget with a randomly initialised SmolLM2 (architecture from
   its config) trained in full (LoRA on random weights would be a straw man).
+* ``tenth`` / ``scratch_tenth``: the pretrained / scratch recipe on a tenth of the training clips (every
+  10th: 225), same steps: how much data each decoder needs.
 * ``connected``: 2-4 digits of one speaker concatenated (50 ms gaps) into one utterance, transcribed as a
   digit-word string ("three one four"); train utterances from train clips, test from test clips. The
   Whisper peer and the pretrained recipe on it.
@@ -43,6 +45,7 @@ from common import (
     write_jsonl,
 )
 
+SCRATCH = ["model.decoder.pretrained=false", "model.trainable.decoder=full", "optim.lr=3.0e-4"]
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -148,10 +151,10 @@ def ours(model_dir: Path, manifest: Path, max_new_tokens: int) -> tuple[list[str
 
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "asr_fsdd")
-    p.add_argument("--parts", default="whisper,pretrained,scratch,connected")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--connected-steps", type=int, default=400)
-    p.add_argument("--connected-train", type=int, default=2000)
+    p.add_argument("--parts", default="whisper,pretrained,scratch,tenth,scratch_tenth,connected")
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--connected-steps", type=int, default=150)
+    p.add_argument("--connected-train", type=int, default=1500)
     p.add_argument("--connected-test", type=int, default=200)
     args = p.parse_args()
     setup(args)
@@ -193,7 +196,14 @@ def main() -> None:
     if "scratch" in parts:
         trained("scratch", "same, SmolLM2 architecture random-init, decoder fully trained (lr 3e-4)",
                 work / "train.jsonl", test, args.steps, task, peer,
-                ["model.decoder.pretrained=false", "model.trainable.decoder=full", "optim.lr=3.0e-4"], 8)
+                SCRATCH, 8)
+    tenth = write_jsonl(work / "train_tenth.jsonl", read_rows(work / "train.jsonl")[::10])
+    if "tenth" in parts:
+        trained("tenth", "Whisper-tiny.en enc (frozen, 3 s) + frame-stack k=4 + SmolLM2 pretrained, LoRA r=8, "
+                "a tenth of the data", tenth, test, args.steps, task, peer, [], 8)
+    if "scratch_tenth" in parts:
+        trained("scratch_tenth", "same, SmolLM2 architecture random-init, decoder fully trained, a tenth of the data",
+                tenth, test, args.steps, task, peer, SCRATCH, 8)
     if "connected" in parts:
         ctask = f"FSDD connected digits (2-4 digits, {args.connected_test} test utts)"
         ctrain = write_connected(work, recordings, split["train"], "train", args.connected_train, seed=0)

@@ -55,8 +55,8 @@ def retrieval_captions(train: list[dict], test: list[dict], root: Path, size: in
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "shapes")
     p.add_argument("--parts", default="shapes,coco")
-    p.add_argument("--steps", type=int, default=160)
-    p.add_argument("--coco-steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--coco-steps", type=int, default=40)
     args = p.parse_args()
     setup(args)
     from mmtransfer.metrics import bleu4, cider_d, vqa_accuracy

@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--prompt-dev", type=int, default=0,
                    help="score prompting on a random subset of this many dev sentences (0: all 872)")
     p.add_argument("--scratch", default="probe", help="parts that also run with a random-init decoder")
+    p.add_argument("--scratch-only", action="store_true", help="run those parts with the random-init decoder only")
     args = p.parse_args()
     setup(args)
     src = require(Path(args.data) / "sst2", "SST-2")
@@ -137,14 +138,20 @@ def main() -> None:
                 metrics["accuracy"], peer(n), eval_s=round(eval_s, 1), steps=steps, batch=16)
 
     scratch_parts = set(args.scratch.split(","))
+
+    def variants(name: str) -> tuple[bool, ...]:
+        if name not in scratch_parts:
+            return (False,)
+        return (True,) if args.scratch_only else (False, True)
+
     if "probe" in parts:
         for n in sizes:
-            for scratch in (False, True) if "probe" in scratch_parts else (False,):
+            for scratch in variants("probe"):
                 trained("sst2-probe.yaml", n, args.probe_epochs, "probe", scratch)
     for name in ("lora", "lora_lm"):
         if name in parts:
             for n in lora_sizes:
-                for scratch in (False, True) if name in scratch_parts else (False,):
+                for scratch in variants(name):
                     trained(f"sst2-{name.replace('_', '-')}.yaml", n, args.lora_epochs, name, scratch)
     res.finish()
 
