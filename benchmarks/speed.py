@@ -263,49 +263,71 @@ def section_train(b: Bench, res: Results, batch_size: int) -> None:
         res.add(task, method, bs, None, "samples/s", sps, f"SED: {peer:.2f}", ratio_vs_sed=round(sps / peer, 2))
 
 
-def section_cache(b: Bench, res: Results, batch_size: int, n: int = 96) -> None:
-    """Epochs through files on disk: TaskDataset -> Collator (-> FeatureCache) -> a training step."""
+def cache_epochs(b: Bench, model: Any, task: str, manifest: Path, cache_dir: Path, batch_size: int
+                 ) -> tuple[float, float, float]:
+    """Samples/s of an epoch (files on disk -> TaskDataset -> Collator -> training step) with no feature
+    cache, a cold cache (epoch 1) and a warm one (median of epochs 2 and 3)."""
     from mmtransfer.data import Collator, FeatureCache, TaskDataset, make_loader, read_manifest
     from mmtransfer.data.collate import MODEL_INPUTS
+    from mmtransfer.tasks import get_task
+
+    encoder = model.encoders[get_task(task).modality]
+    rate = getattr(encoder, "sample_rate", None)
+
+    def epoch(cache: FeatureCache | None) -> float:
+        samples = read_manifest(str(manifest), task)
+        dataset = TaskDataset(samples, task, sample_rate=rate, cached=cache.contains if cache is not None else None)
+        loader = make_loader(dataset, Collator(model, task, cache=cache), batch_size, shuffle=True, seed=0)
+        current: dict[str, Any] = {}
+        step = b.train_step(model, lambda: model(**current).loss)
+        b.sync()
+        t0 = time.perf_counter()
+        for raw in loader:
+            current.clear()
+            current.update(to({k: v for k, v in raw.items() if k in MODEL_INPUTS}, b.device))
+            step()
+        b.sync()
+        return len(dataset) / (time.perf_counter() - t0)
+
+    none = epoch(None)
+    cold = epoch(FeatureCache(cache_dir, encoder))
+    warm = statistics.median(epoch(FeatureCache(cache_dir, encoder)) for _ in range(2))  # a new run each time
+    return none, cold, warm
+
+
+def section_cache(b: Bench, res: Results, batch_size: int) -> None:
+    """Warm against cold feature-cache epochs, for a captioner and a speech recogniser."""
+    import soundfile as sf
+
     from mmtransfer.synthetic import write_shapes
 
-    model = ours_captioner().to(b.device)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "shapes"
-        write_shapes(data, n_train=n, n_test=1, size=224)
-        manifest = data / "captions_train.jsonl"
-
-        def epoch(cache: FeatureCache | None) -> float:
-            dataset = TaskDataset(read_manifest(str(manifest), "captioning"), "captioning",
-                                  cached=cache.contains if cache is not None else None)
-            loader = make_loader(dataset, Collator(model, "captioning", cache=cache), batch_size, shuffle=True,
-                                 seed=0)
-            current: dict[str, Any] = {}
-            step = b.train_step(model, lambda: model(**current).loss)
-            b.sync()
-            t0 = time.perf_counter()
-            for raw in loader:
-                current.clear()
-                current.update(to({k: v for k, v in raw.items() if k in MODEL_INPUTS}, b.device))
-                step()
-            b.sync()
-            return n / (time.perf_counter() - t0)
-
-        none = epoch(None)
-        cache = FeatureCache(Path(tmp) / "cache", model.encoders["image"])
-        cold = epoch(cache)
-        warm = statistics.median(epoch(FeatureCache(Path(tmp) / "cache", model.encoders["image"])) for _ in range(2))
-    task = f"captioning epoch from files ({n} PNGs, bs {batch_size}, ViT-S frozen)"
-    res.add(task, "no feature cache", n, None, "samples/s", none, "")
-    res.add(task, "feature cache, cold (epoch 1: encode + write)", n, None, "samples/s", cold, f"no cache: {none:.2f}")
-    res.add(task, "feature cache, warm (epoch 2+)", n, None, "samples/s", warm, f"cold: {cold:.2f}",
-            warm_over_cold=round(warm / cold, 2), warm_over_no_cache=round(warm / none, 2))
+        root = Path(tmp)
+        write_shapes(root / "shapes", n_train=96, n_test=1, size=224)
+        model = ours_captioner(projector={"name": "resampler", "num_queries": 32}).to(b.device)
+        runs = {f"captioning epoch from files (96 PNGs, bs {batch_size}; ViT-S frozen, resampler 32, decoder 6x512)":
+                cache_epochs(b, model, "captioning", root / "shapes" / "captions_train.jsonl", root / "c1", batch_size)}
+        rows = []
+        for i, (clip, text) in enumerate(zip(waves(48, 3.0), captions(48))):
+            sf.write(root / f"{i}.wav", clip, 16000)
+            rows.append(json.dumps({"audio": f"{i}.wav", "text": text}))
+        (root / "asr.jsonl").write_text("\n".join(rows) + "\n")
+        model = ours_asr().to(b.device)
+        runs[f"ASR epoch from files (48 WAVs of 3 s, bs {batch_size // 2}; Whisper-tiny size frozen, 30 s window)"] = \
+            cache_epochs(b, model, "asr", root / "asr.jsonl", root / "c2", batch_size // 2)
+    for task, (none, cold, warm) in runs.items():
+        res.add(task, "no feature cache", "-", None, "samples/s", none, "")
+        res.add(task, "feature cache, cold (epoch 1: encode + write)", "-", None, "samples/s", cold,
+                f"no cache: {none:.2f}")
+        res.add(task, "feature cache, warm (epoch 2+)", "-", None, "samples/s", warm, f"cold: {cold:.2f}",
+                warm_over_cold=round(warm / cold, 2), warm_over_no_cache=round(warm / none, 2))
 
 
 def section_generate(b: Bench, res: Results) -> None:
     from _peers import build_clipcap, build_ved, clipcap_generate_beam, clipcap_generate_greedy, vit_config
 
     ours = ours_captioner().eval().to(b.device)
+    ours32 = ours_captioner(projector={"name": "resampler", "num_queries": 32}).eval().to(b.device)
     ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
     clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
     ved.generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
@@ -316,6 +338,9 @@ def section_generate(b: Bench, res: Results) -> None:
         for beams in (1, 4):
             def run_ours(batch: dict[str, Any] = batch, beams: int = beams) -> None:
                 ours._generate_batch(batch, num_beams=beams, do_sample=False, temperature=1.0, top_p=1.0, **fixed)
+
+            def run_ours32(batch: dict[str, Any] = batch, beams: int = beams) -> None:
+                ours32._generate_batch(batch, num_beams=beams, do_sample=False, temperature=1.0, top_p=1.0, **fixed)
 
             def run_ved(pixels: torch.Tensor = pixels, beams: int = beams) -> None:
                 ved.generate(pixel_values=pixels, num_beams=beams, do_sample=False, **fixed)
@@ -330,7 +355,9 @@ def section_generate(b: Bench, res: Results) -> None:
 
             rows = {}
             with torch.inference_mode(), b.autocast():
-                for name, fn in (("ours (HF generate, KV cache)", run_ours), ("HF VisionEncoderDecoderModel", run_ved),
+                for name, fn in (("ours, MLP projector: 197 prefix tokens (HF generate, KV cache)", run_ours),
+                                 ("ours, resampler: 32 prefix tokens", run_ours32),
+                                 ("HF VisionEncoderDecoderModel", run_ved),
                                  ("ClipCap design (no KV cache)", run_clipcap)):
                     rows[name] = b.time(fn, repeat=max(1, b.repeat // 2) if bs > 1 else b.repeat)
             task = f"caption generation, batch {bs}, {'greedy' if beams == 1 else f'beam {beams}'}, {NEW_TOKENS} tokens"
