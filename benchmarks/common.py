@@ -46,6 +46,7 @@ def setup(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    args.work = str(Path(args.work).resolve())  # recipe overrides resolve relative paths against the YAML
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.out is None:
         args.out = str(Path(args.work) / "results.json")
