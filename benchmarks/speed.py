@@ -15,6 +15,7 @@ Sections (``--sections``, comma-separated; all by default):
 * ``cache``: one epoch through the real data pipeline (files on disk -> dataset -> collator -> step) with
   no feature cache, with a cold cache (epoch 1) and a warm one (epoch 2+);
 * ``generate``: new tokens/s and latency, batch 1 and 32, greedy and beam 4, 20 new tokens each;
+* ``loop``: the decoding loop alone (images encoded beforehand), batch 32 greedy, 20 and 60 new tokens;
 * ``mfu``: a training step of a SmolLM2-135M-sized decoder (full fine-tune, 8 x 256 tokens): model
   FLOPs/s over the measured peak, ours against the plain ``LlamaForCausalLM`` step;
 * ``memory``: peak RSS (CPU; max allocated on GPU) of one training step of a SmolLM2-sized captioner, each
@@ -372,6 +373,41 @@ def section_generate(b: Bench, res: Results) -> None:
                         vs_ved=round(rows["HF VisionEncoderDecoderModel"] / secs, 2))
 
 
+def section_loop(b: Bench, res: Results, bs: int = 32) -> None:
+    """The decoding loop alone: images encoded beforehand (ours: cached features; VED: encoder outputs;
+    ClipCap: its prefix), greedy, batch ``bs``, 20 and 60 new tokens."""
+    from _peers import build_clipcap, build_ved, clipcap_generate_greedy, vit_config
+    from transformers.modeling_outputs import BaseModelOutput
+
+    ours = ours_captioner(projector={"name": "resampler", "num_queries": 32}).eval().to(b.device)
+    ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
+    clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
+    ved.generation_config.eos_token_id = None
+    batch = to(ours.processor(["<image>Caption:"] * bs, images=images(bs)), b.device)
+    pixels = batch["image"]["pixel_values"]
+    with torch.inference_mode():
+        batch["image"] = cached_features(ours, batch)
+        encoded = BaseModelOutput(last_hidden_state=ved.encoder(pixel_values=pixels).last_hidden_state)
+        prefix = clipcap.prefix_embeds(pixels)
+    for new in (20, 60):
+        fixed = {"max_new_tokens": new, "min_new_tokens": new}
+        runs = {
+            "ours, resampler 32 (HF generate, KV cache)": lambda fixed=fixed: ours._generate_batch(
+                batch, num_beams=1, do_sample=False, temperature=1.0, top_p=1.0, **fixed),
+            "HF VisionEncoderDecoderModel": lambda fixed=fixed: ved.generate(
+                encoder_outputs=encoded, num_beams=1, do_sample=False, **fixed),
+            "ClipCap design (no KV cache)": lambda new=new: clipcap_generate_greedy(clipcap, prefix, new),
+        }
+        with torch.inference_mode(), b.autocast():
+            secs = {name: b.time(fn, warmup=1, repeat=2) for name, fn in runs.items()}
+        task = f"decoding loop only (images encoded beforehand), batch {bs}, greedy, {new} tokens"
+        clip, ved_s = secs["ClipCap design (no KV cache)"], secs["HF VisionEncoderDecoderModel"]
+        for name, t in secs.items():
+            res.add(task, name, bs, None, "new tokens/s", bs * new / t,
+                    f"ClipCap: {bs * new / clip:.0f}; VED: {bs * new / ved_s:.0f}", latency_s=round(t, 3),
+                    vs_clipcap=round(clip / t, 2), vs_ved=round(ved_s / t, 2))
+
+
 def model_flops_per_step(decoder: torch.nn.Module, batch: int, seq: int) -> float:
     """Training FLOPs of one step: 6 x (weights of every Linear, LM head included) per token, plus attention
     scores and values, 12 x layers x width x seq per token (forward 1x, backward 2x)."""
@@ -505,7 +541,7 @@ def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> N
 
 # ------------------------------------------------------------------------------------------------ main
 
-SECTIONS = ("peak", "mfu", "memory", "profile", "train", "cache", "generate", "scaling")
+SECTIONS = ("peak", "mfu", "memory", "profile", "train", "cache", "generate", "loop", "scaling")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -543,6 +579,8 @@ def main(argv: list[str] | None = None) -> None:
             section_cache(b, res, args.batch_size)
         elif name == "generate":
             section_generate(b, res)
+        elif name == "loop":
+            section_loop(b, res)
         elif name == "mfu":
             section_mfu(b, res, peak if peak is not None else section_peak(b, res))
         elif name == "memory":
