@@ -62,6 +62,7 @@ class InferenceMixin:
         embeds, mask, positions, _ = self.embed(
             batch["input_ids"], batch["attention_mask"], image=batch.get("image"), audio=batch.get("audio")
         )
+        self.check_context(int(mask.sum(1).max()), gen_kwargs["max_new_tokens"])
         if not gen_kwargs["do_sample"]:
             gen_kwargs.pop("temperature")
             gen_kwargs.pop("top_p")

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmtransfer.config import ModelConfig, TrainableConfig
-from mmtransfer.decoder import hidden_size, placeholder_ids
+from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.processing import Processor
@@ -116,7 +116,23 @@ class MultimodalGPT(InferenceMixin, nn.Module):
             if inputs is not None:
                 emb, mask = self.encode(modality, inputs)
                 prefixes[self.placeholders[modality]] = (emb, mask)
-        return splice(self.decoder.get_input_embeddings(), input_ids, attention_mask, prefixes, labels)
+        embeds, mask, positions, labels = splice(
+            self.decoder.get_input_embeddings(), input_ids, attention_mask, prefixes, labels
+        )
+        self.check_context(int(mask.sum(1).max()) if mask.numel() else 0)
+        return embeds, mask, positions, labels
+
+    def check_context(self, length: int, new_tokens: int = 0) -> None:
+        """Raise a clear error when a row of ``length`` positions (prefix + prompt + target), plus
+        ``new_tokens`` to generate, does not fit the decoder's context (past it, a learned position table
+        fails deep inside the decoder)."""
+        limit = context_length(self.decoder)
+        if limit is not None and length + new_tokens > limit:
+            extra, fix = (f" + {new_tokens} new tokens", " or lower max_new_tokens") if new_tokens else ("", "")
+            raise ValueError(
+                f"input of {length} positions (prefix + prompt + target){extra} exceeds the decoder's context of "
+                f"{limit}: shorten the text, use fewer prefix tokens{fix}"
+            )
 
     def forward(
         self,

@@ -373,6 +373,18 @@ def test_max_text_tokens_is_configurable_and_measures_prompt_plus_target(
         assert torch.equal(short[key], alone[key]), key
 
 
+def test_text_past_the_decoders_context_is_a_clear_error_in_inference(model: mmtransfer.MultimodalGPT) -> None:
+    image = _noise_image(32)
+    long_prompt = "<image>" + " word" * 300  # the tiny GPT-2 has 256 positions
+    with pytest.raises(ValueError, match="exceeds the decoder's context of 256"):
+        model.generate([long_prompt], images=[image], max_new_tokens=2)
+    with pytest.raises(ValueError, match="lower max_new_tokens"):
+        model.caption(image, max_new_tokens=250)  # the prompt fits, the continuation does not
+    with pytest.raises(ValueError, match="exceeds the decoder's context"):
+        model.classify(" ".join(["word"] * 300))
+    assert isinstance(model.caption(image, max_new_tokens=3), str)  # within the context: fine
+
+
 def test_bad_text_and_media_in_one_batch_keep_rows_and_media_aligned(
     zoo: Path, model: mmtransfer.MultimodalGPT
 ) -> None:
