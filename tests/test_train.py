@@ -161,3 +161,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(decoder_arch: str) -> N
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmtransfer.MultimodalGPT) -> None:
+    from mmtransfer.config import TrainableConfig
+    from mmtransfer.train.config import OptimConfig
+    from mmtransfer.train.optim import make_optimizer
+
+    tiny_model.set_trainable(TrainableConfig(decoder="full", projectors="full"))
+    batch = tiny_model.processor(["<image> what?"], targets=[" red"], images=[Image.new("RGB", (32, 32), "red")])
+    start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    after = []
+    for fused in (True, False):
+        tiny_model.load_state_dict(start, strict=False)
+        opt, _ = make_optimizer(tiny_model, OptimConfig(schedule="constant"), lr=1e-3, steps=3)
+        assert opt.defaults["fused"] is True  # what the trainer builds on CPU
+        if not fused:
+            opt = torch.optim.AdamW(opt.param_groups, betas=opt.defaults["betas"], foreach=False)
+        for _ in range(3):
+            tiny_model.eval()(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        after.append({n: p.detach().clone() for n, p in tiny_model.named_parameters() if p.requires_grad})
+    moved = [n for n in after[0] if not torch.equal(after[0][n], start[n])]
+    assert any(n.startswith("decoder.") for n in moved) and any(n.startswith("projectors.image") for n in moved)
+    for name in after[0]:
+        assert torch.allclose(after[0][name], after[1][name], atol=1e-6), name

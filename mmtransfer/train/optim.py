@@ -22,12 +22,19 @@ def param_groups(model: MultimodalGPT, cfg: OptimConfig, lr: float) -> list[dict
     ]
 
 
+def _can_fuse(groups: list[dict]) -> bool:
+    """torch's fused AdamW (one kernel per step instead of a dozen passes over every parameter; the
+    transformers Trainer default) takes floating-point parameters on CPU or CUDA."""
+    params = [p for g in groups for p in g["params"]]
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def make_optimizer(
     model: MultimodalGPT, cfg: OptimConfig, lr: float, steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     groups = param_groups(model, cfg, lr)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check trainable / stages)")
-    opt = torch.optim.AdamW(groups, betas=cfg.betas)
+    opt = torch.optim.AdamW(groups, betas=cfg.betas, fused=_can_fuse(groups))
     sched = get_scheduler(cfg.schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps)
     return opt, sched
