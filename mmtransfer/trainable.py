@@ -10,6 +10,7 @@ from __future__ import annotations
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from mmtransfer.config import LoraConfig
 
@@ -45,12 +46,14 @@ def apply_policy(module: nn.Module, policy: str) -> None:
 
 
 def add_lora(decoder: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Wrap the decoder with peft LoRA adapters; only the adapters train."""
+    """Wrap the decoder with peft LoRA adapters; only the adapters train. GPT-2-style decoders store
+    their projections as transposed ``Conv1D`` weights, which LoRA must know (``fan_in_fan_out``)."""
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in decoder.modules()),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(decoder, peft_cfg)

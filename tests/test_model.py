@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,23 @@ def test_classification_head_uses_last_real_token(decoder_arch: str) -> None:
     assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
     single = model(**model.processor.tokenize(["good film"])).logits
     assert torch.allclose(out.logits[0], single[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_knows_the_decoders_weight_layout(arch: str) -> None:
+    """GPT-2 stores projections transposed (``Conv1D``); merged LoRA weights must equal the adapters' output."""
+    torch.manual_seed(0)
+    cfg = tiny_model_config(arch, trainable={"decoder": "lora", "lora": {"r": 2}})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*fan_in_fan_out.*")
+        model = mmtransfer.build_model(cfg)
+    assert model.decoder.peft_config["default"].fan_in_fan_out == (arch == "gpt2")
+    for name, p in model.decoder.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # adapters start as a no-op; give them an effect to merge
+    model.eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        adapted = model.decoder(input_ids=ids).logits
+        merged = model.decoder.merge_and_unload()(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
