@@ -14,7 +14,7 @@ Sections (``--sections``, comma-separated; all by default):
   ours' LM head on every position (as before ``logits_to_keep``) as a row of its own;
 * ``cache``: one epoch through the real data pipeline (files on disk -> dataset -> collator -> step) with
   no feature cache, with a cold cache (epoch 1) and a warm one (epoch 2+), the decoder fully trained or
-  with LoRA; a VED epoch over the same files, and the rate of a whole 10-epoch run;
+  with LoRA, and with a ViT-B encoder; a VED epoch over the same files, and the rate of a whole 10-epoch run;
 * ``generate``: new tokens/s and latency, batch 1 and 32, greedy and beam 4, 20 new tokens each;
 * ``loop``: the decoding loop alone (images encoded beforehand), batch 32 greedy, 20 and 60 new tokens;
 * ``mfu``: a training step of a SmolLM2-135M-sized decoder (full fine-tune, 8 x 256 tokens): model
@@ -60,6 +60,7 @@ SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 2048,
            "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
 VIT_S = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}
+VIT_B = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12}
 WHISPER_TINY = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536,
                 "num_mel_bins": 80, "max_source_positions": 1500}
 CAPTIONS = ["two red circles on the left", "one blue square in the middle of the picture",
@@ -124,13 +125,13 @@ def decoder_cfg(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def ours_captioner(decoder: dict[str, Any] = DECODER, projector: dict[str, Any] | None = None,
-                   trainable: dict[str, Any] | None = None) -> Any:
+                   trainable: dict[str, Any] | None = None, vit: dict[str, Any] = VIT_S) -> Any:
     import mmtransfer
 
     return mmtransfer.build_model({
         "decoder": decoder_cfg(decoder),
         "image_encoder": {"name": "timm", "model_name": "vit_small_patch16_224", "pretrained": False,
-                          "model_kwargs": VIT_S},
+                          "model_kwargs": vit},
         "image_projector": projector or {"name": "mlp"},
         "prompts": {"caption": "<image>Caption:"},
         "trainable": trainable or {"image_encoder": "frozen", "projectors": "full", "decoder": "full"},
@@ -351,6 +352,9 @@ def section_cache(b: Bench, res: Results, batch_size: int, epochs: int = 10) -> 
                               trainable={"image_encoder": "frozen", "projectors": "full", "decoder": "lora"})
         runs[caption_task.replace("decoder 6x512", "decoder 6x512 with LoRA")] = cache_epochs(
             b, lora.to(b.device), "captioning", manifest, root / "c3", batch_size)
+        vit_b = ours_captioner(projector={"name": "resampler", "num_queries": 32}, vit=VIT_B)
+        runs[caption_task.replace("ViT-S", "ViT-B/16")] = cache_epochs(
+            b, vit_b.to(b.device), "captioning", manifest, root / "c4", batch_size)
         rows = []
         for i, (clip, text) in enumerate(zip(waves(48, 3.0), captions(48))):
             sf.write(root / f"{i}.wav", clip, 16000)
