@@ -60,6 +60,7 @@ SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 2048,
            "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
 VIT_S = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}
+RESAMPLER_32 = {"name": "resampler", "num_queries": 32}
 VIT_B = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12}
 WHISPER_TINY = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536,
                 "num_mel_bins": 80, "max_source_positions": 1500}
@@ -229,7 +230,7 @@ def section_train(b: Bench, res: Results, batch_size: int) -> None:
             b.train_step(ours, lambda: ours(**batch).loss))
     finally:
         model_module._target_window = window
-    res32 = ours_captioner(projector={"name": "resampler", "num_queries": 32}).to(b.device)
+    res32 = ours_captioner(projector=RESAMPLER_32).to(b.device)
     rows["ours (resampler, 32 queries)"] = bs / b.time(b.train_step(res32, lambda: res32(**batch).loss))
     for name, model in (("MLP projector", ours), ("resampler, 32 queries", res32)):
         cached = dict(batch, image=cached_features(model, batch))
@@ -343,16 +344,16 @@ def section_cache(b: Bench, res: Results, batch_size: int, epochs: int = 10) -> 
         root = Path(tmp)
         write_shapes(root / "shapes", n_train=96, n_test=1, size=224)
         manifest = root / "shapes" / "captions_train.jsonl"
-        model = ours_captioner(projector={"name": "resampler", "num_queries": 32}).to(b.device)
+        model = ours_captioner(projector=RESAMPLER_32).to(b.device)
         caption_task = (f"captioning epoch from files (96 PNGs, bs {batch_size}; ViT-S frozen, resampler 32, "
                         "decoder 6x512)")
         runs = {caption_task: cache_epochs(b, model, "captioning", manifest, root / "c1", batch_size)}
         ved = ved_epoch(b, model, manifest, batch_size)
-        lora = ours_captioner(projector={"name": "resampler", "num_queries": 32},
+        lora = ours_captioner(projector=RESAMPLER_32,
                               trainable={"image_encoder": "frozen", "projectors": "full", "decoder": "lora"})
         runs[caption_task.replace("decoder 6x512", "decoder 6x512 with LoRA")] = cache_epochs(
             b, lora.to(b.device), "captioning", manifest, root / "c3", batch_size)
-        vit_b = ours_captioner(projector={"name": "resampler", "num_queries": 32}, vit=VIT_B)
+        vit_b = ours_captioner(projector=RESAMPLER_32, vit=VIT_B)
         runs[caption_task.replace("ViT-S", "ViT-B/16")] = cache_epochs(
             b, vit_b.to(b.device), "captioning", manifest, root / "c4", batch_size)
         rows = []
@@ -382,7 +383,7 @@ def section_generate(b: Bench, res: Results) -> None:
     from _peers import build_clipcap, build_ved, clipcap_generate_beam, clipcap_generate_greedy, vit_config
 
     ours = ours_captioner().eval().to(b.device)
-    ours32 = ours_captioner(projector={"name": "resampler", "num_queries": 32}).eval().to(b.device)
+    ours32 = ours_captioner(projector=RESAMPLER_32).eval().to(b.device)
     ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
     clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
     ved.generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
@@ -433,7 +434,7 @@ def section_loop(b: Bench, res: Results, bs: int = 32) -> None:
     from _peers import build_clipcap, build_ved, clipcap_generate_greedy, vit_config
     from transformers.modeling_outputs import BaseModelOutput
 
-    ours = ours_captioner(projector={"name": "resampler", "num_queries": 32}).eval().to(b.device)
+    ours = ours_captioner(projector=RESAMPLER_32).eval().to(b.device)
     ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
     clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
     ved.generation_config.eos_token_id = None

@@ -166,7 +166,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(decoder_arch: str) -> N
 def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmtransfer.MultimodalGPT) -> None:
     from mmtransfer.config import TrainableConfig
     from mmtransfer.train.config import OptimConfig
-    from mmtransfer.train.optim import make_optimizer
+    from mmtransfer.train.optim import make_optimizer, param_groups
 
     tiny_model.set_trainable(TrainableConfig(decoder="full", projectors="full"))
     batch = tiny_model.processor(["<image> what?"], targets=[" red"], images=[Image.new("RGB", (32, 32), "red")])
@@ -174,10 +174,12 @@ def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmt
     after = []
     for fused in (True, False):
         tiny_model.load_state_dict(start, strict=False)
-        opt, _ = make_optimizer(tiny_model, OptimConfig(schedule="constant"), lr=1e-3, steps=3)
+        cfg = OptimConfig(schedule="constant")
+        opt, _ = make_optimizer(tiny_model, cfg, lr=1e-3, steps=3)
         assert opt.defaults["fused"] is True  # what the trainer builds on CPU
-        if not fused:
-            opt = torch.optim.AdamW(opt.param_groups, betas=opt.defaults["betas"], foreach=False)
+        if not fused:  # fresh groups: the trainer's would carry fused=True into the plain optimiser
+            opt = torch.optim.AdamW(param_groups(tiny_model, cfg, lr=1e-3), betas=cfg.betas, foreach=False)
+            assert not opt.param_groups[0]["fused"]
         for _ in range(3):
             tiny_model.eval()(**batch).loss.backward()
             opt.step()
@@ -186,4 +188,6 @@ def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmt
     moved = [n for n in after[0] if not torch.equal(after[0][n], start[n])]
     assert any(n.startswith("decoder.") for n in moved) and any(n.startswith("projectors.image") for n in moved)
     for name in after[0]:
-        assert torch.allclose(after[0][name], after[1][name], atol=1e-6), name
+        # 1e-5 is a hundredth of one step: the attention key bias has a gradient of zero up to rounding
+        # (softmax ignores a shift shared by all keys), and Adam scales that rounding noise up to the lr
+        assert torch.allclose(after[0][name], after[1][name], atol=1e-5), name
