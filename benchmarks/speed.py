@@ -218,7 +218,7 @@ def section_train(b: Bench, res: Results, batch_size: int) -> None:
     bs = batch_size
     task = f"captioning train, bs {bs} (ViT-S/16 224 px frozen; decoder 6x512)"
     ours = ours_captioner().to(b.device)
-    batch = to(ours.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+    batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
     pixels = batch["image"]["pixel_values"]
     rows: dict[str, float] = {}
     rows["ours (MLP projector, all 197 ViT tokens)"] = bs / b.time(b.train_step(ours, lambda: ours(**batch).loss))
@@ -251,7 +251,7 @@ def section_train(b: Bench, res: Results, batch_size: int) -> None:
     task = f"ASR train, bs {bs // 2}, 3 s clips (Whisper-tiny-size encoder frozen, 30 s window; decoder 6x512)"
     bs = bs // 2
     ours = ours_asr().to(b.device)
-    batch = to(ours.processor(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, 3.0),
+    batch = to(ours.processor.from_prompts(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, 3.0),
                               sample_rate=16000), b.device)
     rows = {"ours (frame stacking k=4, valid frames only)": bs / b.time(b.train_step(ours, lambda: ours(**batch).loss))}
     labels, _ = peer_labels(ours, captions(bs), b.device)
@@ -260,7 +260,7 @@ def section_train(b: Bench, res: Results, batch_size: int) -> None:
     rows["HF SpeechEncoderDecoderModel"] = bs / b.time(
         b.train_step(sed, lambda: sed(input_features=feats, labels=labels).loss))
     short = ours_asr(seconds=3).to(b.device)
-    sbatch = to(short.processor(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, 3.0),
+    sbatch = to(short.processor.from_prompts(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, 3.0),
                                 sample_rate=16000), b.device)
     rows["ours, 3 s window (chunk_length: 3)"] = bs / b.time(b.train_step(short, lambda: short(**sbatch).loss))
     peer = rows["HF SpeechEncoderDecoderModel"]
@@ -389,7 +389,7 @@ def section_generate(b: Bench, res: Results) -> None:
     ved.generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
     fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
     for bs in (1, 32):
-        batch = to(ours.processor(["<image>Caption:"] * bs, images=images(bs)), b.device)
+        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
         pixels = batch["image"]["pixel_values"]
         for beams in (1, 4):
             def run_ours(batch: dict[str, Any] = batch, beams: int = beams) -> None:
@@ -438,7 +438,7 @@ def section_loop(b: Bench, res: Results, bs: int = 32) -> None:
     ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
     clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
     ved.generation_config.eos_token_id = None
-    batch = to(ours.processor(["<image>Caption:"] * bs, images=images(bs)), b.device)
+    batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
     pixels = batch["image"]["pixel_values"]
     with torch.inference_mode():
         batch["image"] = cached_features(ours, batch)
@@ -525,7 +525,7 @@ def memory_child(variant: str, device: str, batch_size: int) -> dict[str, float]
             "image_encoder": "frozen", "projectors": "full", "decoder": "lora" if lora else "full"}).to(b.device)
         if variant.endswith("+ckpt"):
             model.enable_gradient_checkpointing()
-        batch = to(model.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
         step = b.train_step(model, lambda: model(**batch).loss)
     before = peak_rss_mb()
     if b.device.type == "cuda":
@@ -565,19 +565,19 @@ def section_scaling(b: Bench, res: Results) -> None:
 
     ours = ours_captioner().to(b.device)
     for bs in (4, 8, 16, 32):
-        batch = to(ours.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
         res.add("scaling: batch size (captioning, ViT-S frozen, MLP projector)", "ours", bs, None, "samples/s",
                 sps(ours, batch, bs), "")
     del ours
     bs = 8
     for queries in (16, 32, 64, 128):
         model = ours_captioner(projector={"name": "resampler", "num_queries": queries}).to(b.device)
-        batch = to(model.processor(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
         res.add("scaling: prefix length (resampler queries, bs 8)", "ours", queries, None, "samples/s",
                 sps(model, batch, bs), "")
     for seconds in (2, 4, 8, 16):
         model = ours_asr(seconds=seconds).to(b.device)
-        batch = to(model.processor(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, seconds),
+        batch = to(model.processor.from_prompts(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, seconds),
                                    sample_rate=16000), b.device)
         res.add("scaling: audio duration (Whisper-tiny size, window = clip, k=4, bs 8)", "ours", f"{seconds:g} s",
                 None, "samples/s", sps(model, batch, bs), "")
@@ -588,7 +588,7 @@ def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> N
     from torch.profiler import ProfilerActivity, profile
 
     model = ours_captioner().to(b.device)
-    batch = to(model.processor(["<image>Caption:"] * batch_size, targets=captions(batch_size),
+    batch = to(model.processor.from_prompts(["<image>Caption:"] * batch_size, targets=captions(batch_size),
                                images=images(batch_size)), b.device)
     batch["image"] = cached_features(model, batch)
     step = b.train_step(model, lambda: model(**batch).loss)

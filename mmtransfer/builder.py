@@ -9,7 +9,8 @@ import torch
 from mmtransfer.config import ModelConfig, from_dict
 from mmtransfer.decoder import hidden_size, load_decoder, load_tokenizer
 from mmtransfer.encoders import build_encoder
-from mmtransfer.model import MODALITIES, MultimodalGPT
+from mmtransfer.modalities import ENCODER_KINDS
+from mmtransfer.model import MultimodalGPT
 from mmtransfer.projectors import build_projector
 
 
@@ -29,7 +30,7 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
     decoder = load_decoder(config.decoder)
     tokenizer = load_tokenizer(config.decoder, tokenizer_dir)
     encoders, projectors = {}, {}
-    for modality in MODALITIES:
+    for modality in ENCODER_KINDS:
         enc_cfg = getattr(config, f"{modality}_encoder")
         if enc_cfg is None:
             continue

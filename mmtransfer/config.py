@@ -68,6 +68,10 @@ class ModelConfig:
     labels: list[str] | None = None  # class names for classify()
     classifier: str = "lm"  # "lm": score label words with the LM; "head": linear head on the last hidden state
     prompts: dict[str, str] = field(default_factory=dict)  # task -> template, see mmtransfer.prompts
+    # how conversations become text: "auto" (the tokenizer's chat template when it has one, else plain),
+    # "plain" (see mmtransfer.chat) or a Jinja chat template
+    chat_template: str = "auto"
+    video_frames: int = 8  # frames sampled from each video part, each one image prefix
 
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:

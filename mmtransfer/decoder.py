@@ -19,8 +19,7 @@ from transformers import (
 
 from mmtransfer import weights
 from mmtransfer.config import DecoderConfig
-
-PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}
+from mmtransfer.modalities import PLACEHOLDERS
 
 
 def load_decoder(cfg: DecoderConfig) -> PreTrainedModel:

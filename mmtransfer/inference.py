@@ -1,4 +1,5 @@
-"""The inference API on every model: ``caption``, ``transcribe``, ``answer``, ``classify``, ``generate``.
+"""The inference API on every model: ``chat`` and its thin task uses ``caption``, ``transcribe``, ``answer``,
+``classify``.
 
 Each takes one item or a list and returns one result or a list to match. Generation is transformers'
 ``generate`` over the spliced ``inputs_embeds`` with a KV cache: left padding, and position ids from
@@ -12,7 +13,9 @@ from typing import Any
 
 import torch
 
-from mmtransfer.processing import DEFAULT_PROMPTS, to_device
+from mmtransfer.chat import Message, check_conversation
+from mmtransfer.processing import to_device
+from mmtransfer.prompts import DEFAULT_PROMPTS, user_turn
 
 
 def _as_list(x: Any) -> tuple[list[Any], bool]:
@@ -29,11 +32,10 @@ class InferenceMixin:
         return self.config.prompts.get(task, DEFAULT_PROMPTS[task])
 
     @torch.inference_mode()
-    def generate(
+    def chat(
         self,
-        prompts: Sequence[str],
-        images: Sequence[Any] | None = None,
-        audio: Sequence[Any] | None = None,
+        conversations: Sequence[Message] | Sequence[Sequence[Message]],
+        *,
         sample_rate: int | None = None,
         max_new_tokens: int = 32,
         num_beams: int = 1,
@@ -41,22 +43,22 @@ class InferenceMixin:
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 16,
-    ) -> list[str]:
-        """Generate a continuation for each prompt (with its image / audio, if any); returns decoded text."""
+    ) -> str | list[str]:
+        """The next assistant turn of one conversation (a list of messages) or of each of a list of them,
+        batched. A media part holds a path, a PIL image, or an array / tensor (audio, at the part's
+        ``sample_rate`` or ``sample_rate`` here)."""
+        single = bool(conversations) and isinstance(conversations[0], dict)
+        convs = [list(conversations)] if single else [list(c) for c in conversations]
+        for conv in convs:
+            check_conversation(conv, generation=True)
         results: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            sl = slice(i, i + batch_size)
-            batch = self.processor(
-                prompts[sl],
-                images=None if images is None else images[sl],
-                audio=None if audio is None else audio[sl],
-                sample_rate=sample_rate,
-            )
+        for i in range(0, len(convs), batch_size):
+            batch = self.processor(convs[i : i + batch_size], add_generation_prompt=True, sample_rate=sample_rate)
             results += self._generate_batch(
                 to_device(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
                 do_sample=do_sample, temperature=temperature, top_p=top_p,
             )
-        return results
+        return results[0] if single else results
 
     def _generate_batch(self, batch: dict[str, Any], **gen_kwargs: Any) -> list[str]:
         embeds, mask, positions, _ = self.embed(
@@ -73,17 +75,27 @@ class InferenceMixin:
         )  # [B, new] (only new tokens when generating from inputs_embeds)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
+    def _task_chat(self, task: str, fields: list[dict[str, str]], media: dict[str, list[Any]] | None,
+                   **kwargs: Any) -> list[str]:
+        """``chat`` over single-turn conversations from the model's prompt template for ``task``."""
+        template = self.prompt_template(task)
+        convs = [
+            user_turn(template, f, {k: [{"type": k, k: v[i]}] for k, v in (media or {}).items()})
+            for i, f in enumerate(fields)
+        ]
+        return self.chat(convs, **kwargs) if convs else []
+
     def caption(self, images: Any, **gen_kwargs: Any) -> str | list[str]:
         """Caption one image (path, PIL image) or a list of them."""
         items, single = _as_list(images)
-        out = self.generate([self.prompt_template("caption")] * len(items), images=items, **gen_kwargs)
+        out = self._task_chat("caption", [{}] * len(items), {"image": items}, **gen_kwargs)
         return out[0] if single else out
 
     def transcribe(self, audio: Any, sample_rate: int | None = None, **gen_kwargs: Any) -> str | list[str]:
         """Transcribe one clip (path, or array/tensor at ``sample_rate``) or a list of them."""
         items, single = _as_list(audio)
-        prompts = [self.prompt_template("transcribe")] * len(items)
-        out = self.generate(prompts, audio=items, sample_rate=sample_rate, **gen_kwargs)
+        out = self._task_chat("transcribe", [{}] * len(items), {"audio": items}, sample_rate=sample_rate,
+                              **gen_kwargs)
         return out[0] if single else out
 
     def answer(self, images: Any, questions: str | Sequence[str], **gen_kwargs: Any) -> str | list[str]:
@@ -92,8 +104,7 @@ class InferenceMixin:
         qs, _ = _as_list(questions)
         if len(qs) != len(items):
             raise ValueError(f"got {len(qs)} questions for {len(items)} images")
-        prompts = [self.prompt_template("answer").format(question=q) for q in qs]
-        out = self.generate(prompts, images=items, **gen_kwargs)
+        out = self._task_chat("answer", [{"question": q} for q in qs], {"image": items}, **gen_kwargs)
         return out[0] if single else out
 
     @torch.inference_mode()
@@ -101,8 +112,8 @@ class InferenceMixin:
         self, texts: str | Sequence[str], shots: Sequence[tuple[str, str]] = (), batch_size: int = 16
     ) -> str | list[str]:
         """Label one text or a list. With a classification head: its argmax. Otherwise zero-shot / few-shot
-        scoring: each label's tokens are scored by the LM after the prompt (preceded by ``shots``,
-        (text, label) examples), and the most likely label wins."""
+        scoring: each label's tokens are scored by the LM as the assistant's answer to the prompt (preceded by
+        ``shots``, (text, label) examples), and the most likely label wins."""
         items, single = _as_list(texts)
         labels = self.config.labels
         if not labels:

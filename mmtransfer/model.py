@@ -11,15 +11,13 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmtransfer.config import ModelConfig, TrainableConfig
+from mmtransfer.chat import template_of
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.processing import Processor
 from mmtransfer.splice import IGNORE_INDEX, splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy
-
-MODALITIES = ("image", "audio")
-
 
 @dataclass
 class Output:
@@ -57,7 +55,10 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         elif config.classifier != "lm":
             raise ValueError(f"classifier: '{config.classifier}' is not 'lm' or 'head'")
         self.placeholders = placeholder_ids(tokenizer)
-        self.processor = Processor(tokenizer, dict(self.encoders.items()))
+        if config.video_frames < 1:
+            raise ValueError(f"video_frames: must be at least 1, got {config.video_frames}")
+        self.processor = Processor(tokenizer, dict(self.encoders.items()), template_of(tokenizer, config.chat_template),
+                                   config.video_frames)
         self.set_trainable(config.trainable)
 
     # -- what trains ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Raw inputs (prompts, targets, images, audio) -> a model batch, the same way for training and inference."""
+"""Conversations -> a model batch, the same way for training, evaluation and inference."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mmtransfer.decoder import PLACEHOLDERS
+from mmtransfer.chat import Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
-from mmtransfer.io import load_audio
+from mmtransfer.modalities import PLACEHOLDERS, modality
+from mmtransfer.prompts import user_turn
 from mmtransfer.splice import IGNORE_INDEX
-
-DEFAULT_PROMPTS = {
-    "caption": "<image>",
-    "transcribe": "<audio>",
-    "answer": "<image>Question: {question}\nAnswer:",
-    "classify": "{text}\nLabel:",
-}
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
@@ -26,86 +20,126 @@ def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, An
     return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
 
-def with_placeholder(prompts: Sequence[str], modality: str) -> list[str]:
-    """Prepend the modality's placeholder to prompts that lack it (the prefix then goes first)."""
-    tag = PLACEHOLDERS[modality]
-    return [p if tag in p else tag + p for p in prompts]
-
-
 class Processor:
-    """Tokenises prompts and targets and preprocesses images / audio with each encoder's own preprocessing.
+    """Renders conversations with the decoder's chat template (``template``: a Jinja string, or None for
+    the plain template, see ``mmtransfer.chat``) and preprocesses their media with each encoder's own
+    preprocessing. A video part becomes ``video_frames`` image prefixes."""
 
-    Prompts without a modality's placeholder get it prepended, so a prefix goes first by default and
-    wherever ``<image>`` / ``<audio>`` stands otherwise.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, encoders: dict[str, Encoder]) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, encoders: dict[str, Encoder], template: str | None = None,
+        video_frames: int = 8,
+    ) -> None:
         self.tokenizer = tokenizer
         self.encoders = encoders
+        self.template = template
+        self.video_frames = video_frames
+        self.placeholder_ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in PLACEHOLDERS.items()}
 
     def __call__(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        *,
+        add_generation_prompt: bool = False,
+        labels: bool = False,
+        loss_on: str = "all",
+        add_eos: bool = True,
+        sample_rate: int | None = None,
+    ) -> dict[str, Any]:
+        """Returns ``input_ids`` / ``attention_mask`` [B, T] (left-padded), ``labels`` [B, T] with
+        ``labels=True`` (IGNORE_INDEX outside assistant turns), and per encoder kind with media in the batch
+        (``image``, ``audio``) its preprocessed inputs for every media item, in the order of their
+        placeholders (row 0's first). ``sample_rate``: of audio parts given as arrays without their own."""
+        rendered = self.render(conversations, add_generation_prompt=add_generation_prompt, labels=labels,
+                               loss_on=loss_on, add_eos=add_eos)
+        batch = self.pad(rendered, labels)
+        raw = self.raw_media([r.media for r in rendered], sample_rate)
+        batch.update({kind: self.preprocess(kind, items) for kind, items in raw.items()})
+        return batch
+
+    def from_prompts(
         self,
         prompts: Sequence[str],
         targets: Sequence[str] | None = None,
         images: Sequence[Any] | None = None,
         audio: Sequence[Any] | None = None,
         sample_rate: int | None = None,
+        add_eos: bool = True,
     ) -> dict[str, Any]:
-        """Returns ``input_ids``/``attention_mask`` [B, T] (left-padded), ``labels`` [B, T] when targets are
-        given (IGNORE_INDEX on prompt and padding; EOS appended to each target), and ``image`` / ``audio``
-        dicts of encoder input tensors."""
+        """Single-turn batch from prompt templates (see ``mmtransfer.prompts``: ``<image>`` / ``<audio>`` tags
+        place each row's one image / clip, else it goes first) and optional target texts."""
         given = {"image": images, "audio": audio}
-        batch: dict[str, Any] = {}
-        prompts = list(prompts)
-        for modality, items in given.items():
-            if items is None:
-                continue
-            if modality not in self.encoders:
-                takes = sorted(self.encoders) or "text only"
-                raise ValueError(f"this model has no {modality} encoder; it takes {takes}")
-            if len(items) != len(prompts):
-                raise ValueError(f"got {len(items)} {modality} inputs for {len(prompts)} prompts")
-            batch[modality] = self.preprocess(modality, items, sample_rate)
-            prompts = with_placeholder(prompts, modality)
-        for modality, tag in PLACEHOLDERS.items():
-            if given[modality] is None and any(tag in p for p in prompts):
-                raise ValueError(f"a prompt holds {tag} but no {modality} input was given")
-        batch.update(self.tokenize(prompts, targets))
-        return batch
+        for kind, items in given.items():
+            if items is not None and len(items) != len(prompts):
+                raise ValueError(f"got {len(items)} {kind} inputs for {len(prompts)} prompts")
+        if targets is not None and len(targets) != len(prompts):
+            raise ValueError(f"got {len(targets)} targets for {len(prompts)} prompts")
+        conversations = [
+            user_turn(p, {}, {k: [{"type": k, k: v[i]}] for k, v in given.items() if v is not None},
+                      None if targets is None else targets[i])
+            for i, p in enumerate(prompts)
+        ]
+        return self(conversations, labels=targets is not None, add_eos=add_eos, sample_rate=sample_rate)
 
-    def preprocess(self, modality: str, items: Sequence[Any], sample_rate: int | None) -> dict[str, torch.Tensor]:
-        encoder = self.encoders[modality]
-        if modality == "audio":
-            items = [load_audio(x, encoder.sample_rate, sample_rate) for x in items]
-        return encoder.preprocess(list(items))
+    def tokenize(self, texts: Sequence[str], targets: Sequence[str] | None = None,
+                 add_eos: bool = True) -> dict[str, torch.Tensor]:
+        """Text-only batch: each text as a user turn (plain text, whatever it holds), then its target."""
+        if targets is not None and len(targets) != len(texts):
+            raise ValueError(f"got {len(targets)} targets for {len(texts)} texts")
+        conversations = [
+            [{"role": "user", "content": t}] + ([] if targets is None else [{"role": "assistant", "content": targets[i]}])
+            for i, t in enumerate(texts)
+        ]
+        return self.pad(self.render(conversations, labels=targets is not None, add_eos=add_eos), targets is not None)
 
-    def tokenize(
-        self, prompts: Sequence[str], targets: Sequence[str] | None = None, add_eos: bool = True
-    ) -> dict[str, torch.Tensor]:
-        """Prompt tokens (with the tokenizer's own special tokens, e.g. BOS) then target tokens (+ EOS)."""
-        tok = self.tokenizer
-        prompt_ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
-        if targets is None:
-            seqs, n_prompt = prompt_ids, [len(p) for p in prompt_ids]
-        else:
-            if len(targets) != len(prompts):
-                raise ValueError(f"got {len(targets)} targets for {len(prompts)} prompts")
-            target_ids = tok(list(targets), add_special_tokens=False)["input_ids"]
-            eos = [tok.eos_token_id] if add_eos else []
-            seqs = [p + t + eos for p, t in zip(prompt_ids, target_ids)]
-            n_prompt = [len(p) for p in prompt_ids]
-        width = max(len(s) for s in seqs)
+    def render(self, conversations: Sequence[Sequence[Message]], **kwargs: Any) -> list[Rendered]:
+        """``mmtransfer.chat.render`` with this model's template and placeholders."""
+        return render(self.tokenizer, conversations, self.media_ids, template=self.template, **kwargs)
+
+    def media_ids(self, part: dict[str, Any]) -> list[int]:
+        """The placeholder ids a media part becomes."""
+        spec = modality(part["type"])
+        if spec.encoder not in self.encoders:
+            takes = sorted(self.encoders) or "text only"
+            raise ValueError(f"this model has no {spec.encoder} encoder for a {part['type']} part; it takes {takes}")
+        return [self.placeholder_ids[spec.encoder]] * spec.count(self.video_frames)
+
+    def load(self, part: dict[str, Any], sample_rate: int | None = None) -> list[Any]:
+        """A media part's raw encoder items (decoded now, unless the part already holds them as ``raw``)."""
+        if part.get("raw") is not None:
+            return part["raw"]
+        spec = modality(part["type"])
+        rate = getattr(self.encoders.get(spec.encoder), "sample_rate", None)
+        if spec.encoder == "audio" and "sample_rate" not in part and sample_rate is not None:
+            part = {**part, "sample_rate": sample_rate}
+        return spec.load(part, rate, self.video_frames)
+
+    def raw_media(self, media: Sequence[Sequence[dict[str, Any]]], sample_rate: int | None = None) -> dict[str, list]:
+        """Each row's media parts -> encoder kind -> raw items in placeholder order."""
+        out: dict[str, list] = {}
+        for parts in media:
+            for part in parts:
+                out.setdefault(modality(part["type"]).encoder, []).extend(self.load(part, sample_rate))
+        return out
+
+    def preprocess(self, kind: str, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Raw items -> the ``kind`` encoder's input tensors [K, ...]."""
+        return self.encoders[kind].preprocess(list(items))
+
+    def pad(self, rendered: Sequence[Rendered], labels: bool = False) -> dict[str, torch.Tensor]:
+        """Left-pad rendered rows: ``input_ids``, ``attention_mask`` (and ``labels``) [B, T]."""
+        width = max((len(r.input_ids) for r in rendered), default=0)
         if width == 0:
-            raise ValueError("every prompt is empty and there is no modality input: nothing to condition on")
-        input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (seq, n) in enumerate(zip(seqs, n_prompt)):
-            start = width - len(seq)
-            input_ids[i, start:] = torch.tensor(seq, dtype=torch.long)
+            raise ValueError("every input is empty: nothing to condition on")
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rendered), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rendered), width), dtype=torch.long)
+        label_ids = torch.full((len(rendered), width), IGNORE_INDEX, dtype=torch.long)
+        for i, r in enumerate(rendered):
+            start = width - len(r.input_ids)
+            input_ids[i, start:] = torch.tensor(r.input_ids, dtype=torch.long)
             attention_mask[i, start:] = 1
-            labels[i, start + n :] = input_ids[i, start + n :]
+            label_ids[i, start:] = torch.tensor(r.labels, dtype=torch.long)
         out = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if targets is not None:
-            out["labels"] = labels
+        if labels:
+            out["labels"] = label_ids
         return out

@@ -64,6 +64,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> Multimoda
     kind = data.pop("weights", None)
     if version != FORMAT_VERSION or kind not in ("full", "trainable"):
         raise ConfigError(f"{directory / CONFIG_NAME}: not an mmtransfer model config (version {version})")
+    data.setdefault("chat_template", "plain")  # saves from before conversations rendered prompts plainly
     config = from_dict(ModelConfig, data, where=str(directory / CONFIG_NAME))
     try:
         with torch.random.fork_rng():  # random init of weights that are about to be overwritten

@@ -1,9 +1,10 @@
 """Splice projected modality embeddings into a token sequence at placeholder positions.
 
-Written by hand because no library does this for variable-length prefixes: each row's placeholder
-token is replaced by that row's valid prefix tokens, every other real token keeps its order, and the
-result is left-padded so that generation can append to the right. Fully vectorised (no Python loop
-over rows).
+Written by hand because no library does this for variable-length prefixes: each placeholder
+token is replaced by its item's valid prefix tokens, every other real token keeps its order, and the
+result is left-padded so that generation can append to the right. Each occurrence of a placeholder is one
+item with its own valid length: every input token gets an output width (1 for text, the item's length for a
+placeholder), whose cumulative sum gives output positions. Fully vectorised (no Python loop over rows).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def splice(
     Args:
         embed: token ids [B, T] -> embeddings [B, T, D] (the decoder's input embedding).
         input_ids: [B, T], padded on either side; ``attention_mask`` [B, T] marks real tokens.
-        prefixes: placeholder token id -> (embeddings [B, M, D], mask [B, M] with valid tokens first).
-            Every row must hold exactly one real token with each placeholder id.
+        prefixes: placeholder token id -> (embeddings [K, M, D], mask [K, M] with valid tokens first), one
+            item per real occurrence of that id in the batch, in row-major order (row 0's first, ...).
+            A row may hold any number of occurrences, including none.
         labels: [B, T] target ids with ``IGNORE_INDEX`` where no loss is taken, or None.
 
     Returns:
@@ -40,14 +42,15 @@ def splice(
     b_size = input_ids.shape[0]
     widths = real.long()  # how many output positions each input token takes
     is_text = real.clone()
-    for ph_id, (_, mask) in prefixes.items():
+    occurrences = {}  # placeholder id -> (rows [K], cols [K]) of its occurrences, row-major
+    for ph_id, (emb, mask) in prefixes.items():
         at = real & (input_ids == ph_id)
-        counts = at.sum(1)
-        if not bool((counts == 1).all()):
-            bad = (counts != 1).nonzero().flatten().tolist()
-            raise ValueError(f"rows {bad} need exactly one placeholder token id {ph_id}, found {counts[bad].tolist()}")
-        widths = torch.where(at, mask.sum(1, keepdim=True), widths)
+        rows, cols = at.nonzero(as_tuple=True)  # row-major: item k is the k-th occurrence
+        if len(rows) != emb.shape[0]:
+            raise ValueError(f"placeholder token id {ph_id} occurs {len(rows)} times but {emb.shape[0]} items were given")
+        widths[rows, cols] = mask.sum(1).to(widths.dtype)
         is_text &= ~at
+        occurrences[ph_id] = (rows, cols)
     ends = widths.cumsum(1)  # [B, T]
     total = ends[:, -1]  # [B]
     length = int(total.max())
@@ -65,9 +68,9 @@ def splice(
         out_labels[rows, starts[rows, cols]] = labels[rows, cols]
 
     for ph_id, (emb, mask) in prefixes.items():
-        ph_col = ((input_ids == ph_id) & real).float().argmax(1)  # [B]
-        prow, pk = mask.nonzero(as_tuple=True)  # valid prefix tokens
-        out[prow, starts[prow, ph_col[prow]] + pk] = emb[prow, pk].to(out.dtype)
+        ph_rows, ph_cols = occurrences[ph_id]
+        item, pk = mask.nonzero(as_tuple=True)  # valid prefix tokens: item k, token pk
+        out[ph_rows[item], starts[ph_rows[item], ph_cols[item]] + pk] = emb[item, pk].to(out.dtype)
 
     out_mask = torch.arange(length, device=input_ids.device).unsqueeze(0) >= offset  # [B, L]
     position_ids = (out_mask.long().cumsum(1) - 1).clamp(min=0)

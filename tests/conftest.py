@@ -8,10 +8,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 import torch  # noqa: E402
 
 import mmtransfer  # noqa: E402
 from tests.tiny_models import tiny_model_config  # noqa: E402
+
+# Property tests are derandomised by default (the same examples on every run, in CI too); explore new ones
+# locally with HYPOTHESIS_PROFILE=explore.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -375,9 +375,9 @@ def test_max_text_tokens_is_configurable_and_measures_prompt_plus_target(
 
 def test_text_past_the_decoders_context_is_a_clear_error_in_inference(model: mmtransfer.MultimodalGPT) -> None:
     image = _noise_image(32)
-    long_prompt = "<image>" + " word" * 300  # the tiny GPT-2 has 256 positions
+    long_prompt = " word" * 300  # the tiny GPT-2 has 256 positions
     with pytest.raises(ValueError, match="exceeds the decoder's context of 256"):
-        model.generate([long_prompt], images=[image], max_new_tokens=2)
+        model.answer(image, long_prompt, max_new_tokens=2)
     with pytest.raises(ValueError, match="lower max_new_tokens"):
         model.caption(image, max_new_tokens=250)  # the prompt fits, the continuation does not
     with pytest.raises(ValueError, match="exceeds the decoder's context"):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import mmtransfer
-import mmtransfer.data.datasets as datasets_module
+import mmtransfer.modalities as modalities_module
 from mmtransfer.data import (
     MODEL_INPUTS,
     BucketBatchSampler,
@@ -331,13 +331,13 @@ def test_warm_cache_items_are_not_decoded_and_give_the_same_batch(
     dataset = TaskDataset(read_manifest(caption_manifest, "captioning"), "captioning", cached=cache.contains)
     cold = collate([dataset[i] for i in range(3)])  # first epoch: decoded and encoded
     decoded = [0]
-    real = datasets_module.load_image
+    real = modalities_module.load_image
 
     def counting(path: Any) -> Any:
         decoded[0] += 1
         return real(path)
 
-    monkeypatch.setattr(datasets_module, "load_image", counting)
+    monkeypatch.setattr(modalities_module, "load_image", counting)
     warm_items = [dataset[i] for i in range(3)]
     assert decoded[0] == 0 and all(x["image"] is None for x in warm_items)
     warm = collate(warm_items)

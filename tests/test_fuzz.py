@@ -14,13 +14,16 @@ from PIL import Image
 
 import mmtransfer
 from mmtransfer.data import Collator, Skip
+from mmtransfer.chat import SENTINELS
 from mmtransfer.splice import IGNORE_INDEX, splice
 from tests.tiny_models import tiny_model_config
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SLOW = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 PH_IMAGE, PH_AUDIO, PAD, D = 90, 91, 0, 3
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)  # any unicode but lone surrogates
+_any = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)  # any unicode but lone surrogates
+FORGERIES = ["<image>", "<audio>", "<|endoftext|>", "\ue000", "\ue002"]  # placeholders, special tokens, sentinels
+text = _any | st.builds(lambda a, f, b: a + f + b, _any, st.sampled_from(FORGERIES), _any)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,8 @@ def model() -> mmtransfer.MultimodalGPT:
 
 # -- tokenisation and label masking ---------------------------------------------------------------
 @FAST
-@given(rows=st.lists(st.tuples(text, text.filter(bool)), min_size=1, max_size=5), add_eos=st.booleans())
+@given(rows=st.lists(st.tuples(text, text.filter(lambda t: SENTINELS.sub("", t))), min_size=1, max_size=5),
+       add_eos=st.booleans())
 def test_tokenize_masks_prompt_and_padding_and_batches_like_single_rows(
     model: mmtransfer.MultimodalGPT, rows: list[tuple[str, str]], add_eos: bool
 ) -> None:
@@ -41,7 +45,8 @@ def test_tokenize_masks_prompt_and_padding_and_batches_like_single_rows(
     for i, (prompt, target) in enumerate(rows):
         n = int(mask[i].sum())
         assert mask[i].tolist() == [0] * (ids.shape[1] - n) + [1] * n  # left padding only
-        n_target = len(model.tokenizer(target, add_special_tokens=False)["input_ids"]) + add_eos
+        clean = SENTINELS.sub("", target)  # the renderer's private-use sentinels are removed from user text
+        n_target = len(model.tokenizer(clean, add_special_tokens=False, split_special_tokens=True)["input_ids"]) + add_eos
         assert (labels[i, : ids.shape[1] - n_target] == IGNORE_INDEX).all()  # padding and prompt
         assert torch.equal(labels[i, ids.shape[1] - n_target :], ids[i, ids.shape[1] - n_target :])
         alone = tok([prompt], [target], add_eos=add_eos)
@@ -55,8 +60,8 @@ def test_tokenize_prompts_alone_never_crashes(model: mmtransfer.MultimodalGPT, p
     try:
         batch = model.processor.tokenize(prompts)
     except ValueError as err:  # only when there is nothing at all to condition on
-        assert "every prompt is empty" in str(err)
-        assert all(not model.tokenizer(p)["input_ids"] for p in prompts)
+        assert "every input is empty" in str(err)
+        assert all(not model.tokenizer(SENTINELS.sub("", p))["input_ids"] for p in prompts)
         return
     assert batch["input_ids"].shape == batch["attention_mask"].shape and "labels" not in batch
 
@@ -106,7 +111,7 @@ def _too_long(model: mmtransfer.MultimodalGPT, items: list, limit: int | None) -
     out = []
     for x in items:
         if isinstance(x, dict):
-            n = int(model.processor.tokenize(["<image>"], [x["target"]])["attention_mask"].sum())
+            n = int(model.processor.from_prompts(["<image>"], [x["target"]], images=[x["image"]])["attention_mask"].sum())
             if n > limit:
                 out.append(x)
     return out
@@ -119,21 +124,30 @@ def _embed(ids: torch.Tensor) -> torch.Tensor:
 
 @st.composite
 def splice_rows(draw: st.DrawFn) -> list[dict]:
-    """Rows of (text ids with one placeholder per modality, prefix lengths, valid counts, labels, padding side)."""
-    modalities = draw(st.sampled_from([(), (PH_IMAGE,), (PH_AUDIO,), (PH_IMAGE, PH_AUDIO)]))
+    """Rows of text ids with 0-3 placeholders of each modality anywhere, a valid prefix length per
+    placeholder (0-4), labels and a padding side."""
     rows = []
     for _ in range(draw(st.integers(1, 5))):
-        text_ids = draw(st.lists(st.integers(1, 80), max_size=6))
-        tokens = list(text_ids)
-        for ph in modalities:
-            tokens.insert(draw(st.integers(0, len(tokens))), ph)
-        labels = [t if t not in modalities and draw(st.booleans()) else IGNORE_INDEX for t in tokens]
-        valid = {ph: draw(st.integers(0, 4)) for ph in modalities}
+        tokens = draw(st.lists(st.integers(1, 80), max_size=6))
+        for ph in (PH_IMAGE, PH_AUDIO):
+            for _ in range(draw(st.integers(0, 3))):
+                tokens.insert(draw(st.integers(0, len(tokens))), ph)
+        labels = [t if t not in (PH_IMAGE, PH_AUDIO) and draw(st.booleans()) else IGNORE_INDEX for t in tokens]
+        valid = [draw(st.integers(0, 4)) if t in (PH_IMAGE, PH_AUDIO) else None for t in tokens]
         rows.append({"tokens": tokens, "labels": labels, "valid": valid, "left": draw(st.booleans())})
     return rows
 
 
-def _batch(rows: list[dict], modalities: tuple, seed: int) -> tuple:
+def _items(rows: list[dict], ph: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One prefix item per occurrence of ``ph``, row-major: embeddings [K, M, D], mask [K, M]."""
+    valid = [v for r in rows for t, v in zip(r["tokens"], r["valid"]) if t == ph]
+    m = max(valid + [1])
+    g = torch.Generator().manual_seed(seed + ph)
+    emb = torch.randn(len(valid), m, D, generator=g) + 1000 * ph  # distinguishable from token embeddings
+    return emb, torch.tensor([[k < v for k in range(m)] for v in valid], dtype=torch.bool).reshape(len(valid), m)
+
+
+def _batch(rows: list[dict], seed: int) -> tuple:
     width = max([len(r["tokens"]) for r in rows] + [1])
     ids = torch.full((len(rows), width), PAD)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
@@ -142,44 +156,37 @@ def _batch(rows: list[dict], modalities: tuple, seed: int) -> tuple:
         n = len(r["tokens"])
         cols = slice(width - n, width) if r["left"] else slice(0, n)
         ids[i, cols], attn[i, cols], labels[i, cols] = torch.tensor(r["tokens"]), 1, torch.tensor(r["labels"])
-    prefixes = {}
-    for ph in modalities:
-        m = max([r["valid"][ph] for r in rows] + [1])
-        g = torch.Generator().manual_seed(seed + ph)
-        emb = torch.randn(len(rows), m, D, generator=g) + 1000 * ph  # distinguishable from token embeddings
-        mask = torch.tensor([[k < r["valid"][ph] for k in range(m)] for r in rows], dtype=torch.bool)
-        prefixes[ph] = (emb, mask)
-    return ids, attn, prefixes, labels
+    prefixes = {ph: _items(rows, ph, seed) for ph in (PH_IMAGE, PH_AUDIO)}
+    return ids, attn, {ph: p for ph, p in prefixes.items() if len(p[0])}, labels
 
 
 @FAST
 @given(rows=splice_rows(), seed=st.integers(0, 1000))
 def test_splice_batched_equals_row_by_row_and_masks_labels(rows: list[dict], seed: int) -> None:
-    modalities = tuple(rows[0]["valid"])
-    ids, attn, prefixes, labels = _batch(rows, modalities, seed)
+    ids, attn, prefixes, labels = _batch(rows, seed)
     emb, mask, pos, lab = splice(_embed, ids, attn, prefixes, labels)
-    lengths = [len(r["tokens"]) - len(modalities) + sum(r["valid"].values()) for r in rows]
+    lengths = [sum(1 if v is None else v for v in r["valid"]) for r in rows]
     assert emb.shape == (len(rows), max(lengths + [0]), D)
     width = emb.shape[1]
+    seen = {PH_IMAGE: 0, PH_AUDIO: 0}  # items of earlier rows
     for i, (r, n) in enumerate(zip(rows, lengths)):
         assert mask[i].tolist() == [0] * (width - n) + [1] * n
         assert pos[i, width - n :].tolist() == list(range(n)) and (pos[i, : width - n] == 0).all()
         assert (emb[i, : width - n] == 0).all() and (lab[i, : width - n] == IGNORE_INDEX).all()
         # the same row alone, and built by hand
-        one = {ph: (e[i : i + 1, : max(r["valid"][ph], 1)], m[i : i + 1, : max(r["valid"][ph], 1)])
-               for ph, (e, m) in prefixes.items()}
-        row_ids = torch.tensor([r["tokens"]]) if r["tokens"] else torch.full((1, 1), PAD)
-        row_attn = torch.ones_like(row_ids) if r["tokens"] else torch.zeros_like(row_ids)
-        row_labels = torch.tensor([r["labels"]]) if r["tokens"] else torch.full((1, 1), IGNORE_INDEX)
-        e1, m1, p1, l1 = splice(_embed, row_ids, row_attn, one, row_labels)
+        alone = _batch([{**r, "left": True}], seed)
+        mine = {ph: (prefixes[ph][0][seen[ph] : seen[ph] + r["tokens"].count(ph)],
+                     prefixes[ph][1][seen[ph] : seen[ph] + r["tokens"].count(ph)])
+                for ph in prefixes if ph in r["tokens"]}
+        e1, _, _, l1 = splice(_embed, alone[0], alone[1], mine, alone[3])
         assert torch.equal(emb[i, width - n :], e1[0, e1.shape[1] - n :])
         assert torch.equal(lab[i, width - n :], l1[0, l1.shape[1] - n :])
         expected_emb, expected_lab = [], []
-        for t, y in zip(r["tokens"], r["labels"]):
-            if t in modalities:
-                k = r["valid"][t]
-                expected_emb += list(prefixes[t][0][i, :k])
-                expected_lab += [IGNORE_INDEX] * k  # no loss on prefix tokens
+        for t, y, v in zip(r["tokens"], r["labels"], r["valid"]):
+            if v is not None:
+                expected_emb += list(prefixes[t][0][seen[t], :v])
+                expected_lab += [IGNORE_INDEX] * v  # no loss on prefix tokens
+                seen[t] += 1
             else:
                 expected_emb.append(_embed(torch.tensor([t]))[0])
                 expected_lab.append(y)
@@ -199,10 +206,10 @@ def test_splice_without_prefixes_keeps_all_padding_rows(lengths: list[int]) -> N
     assert (lab[mask == 0] == IGNORE_INDEX).all() and (emb[mask == 0] == 0).all()
 
 
-def test_splice_rejects_a_row_without_its_placeholder() -> None:
+def test_splice_rejects_more_items_than_placeholders() -> None:
     ids, attn = torch.tensor([[PH_IMAGE, 5], [PAD, PAD]]), torch.tensor([[1, 1], [0, 0]])  # row 1: all padding
     prefix = (torch.ones(2, 1, D), torch.ones(2, 1, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"rows \[1\] need exactly one placeholder"):
+    with pytest.raises(ValueError, match="occurs 1 times but 2 items"):
         splice(_embed, ids, attn, {PH_IMAGE: prefix})
 
 
@@ -216,7 +223,7 @@ def peaked() -> dict[str, mmtransfer.MultimodalGPT]:
         model = mmtransfer.build_model(tiny_model_config(arch)).eval()
         with torch.no_grad():
             model.decoder.get_output_embeddings().weight.mul_(20)
-        model.generate(["warm up"], max_new_tokens=1)
+        model.chat([{"role": "user", "content": "warm up"}], max_new_tokens=1)
         models[arch] = model
     return models
 
@@ -230,8 +237,10 @@ def test_generation_batched_equals_single(peaked: dict, arch: str, rows: list[tu
     model = peaked[arch]
     prompts = [p for p, *_ in rows]
     images = [Image.fromarray(np.full((h, w, 3), c, dtype=np.uint8)) for _, w, h, c in rows]
-    batched = model.generate(prompts, images=images, max_new_tokens=4)
-    single = [model.generate([p], images=[im], max_new_tokens=4)[0] for p, im in zip(prompts, images)]
+    convs = [[{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": p}]}]
+             for p, im in zip(prompts, images)]
+    batched = model.chat(convs, max_new_tokens=4)
+    single = [model.chat(c, max_new_tokens=4) for c in convs]
     assert batched == single
 
 
@@ -240,13 +249,17 @@ def test_generation_batched_equals_single(peaked: dict, arch: str, rows: list[tu
 def test_text_only_generation_with_empty_prompts_in_the_batch(peaked: dict, arch: str, prompts: list[str]) -> None:
     """An empty prompt beside others is an all-padding row: it must not change the other rows' outputs."""
     model = peaked[arch]
-    nonempty = [p for p in prompts if model.tokenizer(p)["input_ids"]]
+    nonempty = [p for p in prompts if model.tokenizer(SENTINELS.sub("", p))["input_ids"]]
     try:
-        batched = model.generate(prompts, max_new_tokens=3)
+        batched = model.chat([_user(p) for p in prompts], max_new_tokens=3)
     except ValueError as err:
-        assert not nonempty and "every prompt is empty" in str(err)
+        assert not nonempty and "every input is empty" in str(err)
         return
     assert len(batched) == len(prompts)
     for prompt, out in zip(prompts, batched):
         if prompt in nonempty:
-            assert out == model.generate([prompt], max_new_tokens=3)[0]
+            assert out == model.chat(_user(prompt), max_new_tokens=3)
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]

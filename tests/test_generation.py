@@ -53,12 +53,12 @@ def test_batched_answer_with_prompts_of_different_lengths_equals_single(peaked: 
 def test_token_ids_match_between_batch_and_single(peaked: mmtransfer.MultimodalGPT) -> None:
     """Compare raw token ids (decoded text could hide differences in special tokens)."""
     clips = _clips(2)
-    batch = peaked.processor(["<audio>"] * 2, audio=clips, sample_rate=16000)
+    batch = peaked.processor.from_prompts(["<audio>"] * 2, audio=clips, sample_rate=16000)
     embeds, mask, pos, _ = peaked.embed(batch["input_ids"], batch["attention_mask"], audio=batch["audio"])
     together = peaked.decoder.generate(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                        max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     for i, clip in enumerate(clips):
-        one = peaked.processor(["<audio>"], audio=[clip], sample_rate=16000)
+        one = peaked.processor.from_prompts(["<audio>"], audio=[clip], sample_rate=16000)
         e, m, p, _ = peaked.embed(one["input_ids"], one["attention_mask"], audio=one["audio"])
         alone = peaked.decoder.generate(inputs_embeds=e, attention_mask=m, position_ids=p,
                                         max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -77,7 +77,7 @@ def test_beam_search_and_sampling(peaked: mmtransfer.MultimodalGPT) -> None:
 
 
 def test_max_new_tokens_bounds_the_output(peaked: mmtransfer.MultimodalGPT) -> None:
-    batch = peaked.processor(["<image>"], images=_images(1))
+    batch = peaked.processor.from_prompts(["<image>"], images=_images(1))
     embeds, mask, pos, _ = peaked.embed(batch["input_ids"], batch["attention_mask"], image=batch["image"])
     out = peaked.decoder.generate(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                   max_new_tokens=5, do_sample=False, pad_token_id=0)

@@ -25,7 +25,7 @@ def _audio(seconds: float, seed: int) -> np.ndarray:
 
 
 def test_loss_is_taken_on_target_tokens_only(tiny_model: mmtransfer.MultimodalGPT) -> None:
-    batch = tiny_model.processor(
+    batch = tiny_model.processor.from_prompts(
         ["<image>Question: colour?", "Q:"], targets=[" red", " a blue square"], images=[_image(0), _image(1)]
     )
     out = tiny_model(**batch)
@@ -47,21 +47,21 @@ def test_loss_is_taken_on_target_tokens_only(tiny_model: mmtransfer.MultimodalGP
 
 
 def test_prompt_tokens_do_not_change_the_loss_denominator(tiny_model: mmtransfer.MultimodalGPT) -> None:
-    short = tiny_model.processor(["x"], targets=[" red"], images=[_image(0)])
-    long = tiny_model.processor(["x y z w v"], targets=[" red"], images=[_image(0)])
+    short = tiny_model.processor.from_prompts(["x"], targets=[" red"], images=[_image(0)])
+    long = tiny_model.processor.from_prompts(["x y z w v"], targets=[" red"], images=[_image(0)])
     assert (short["labels"] != IGNORE_INDEX).sum() == (long["labels"] != IGNORE_INDEX).sum()
 
 
 def test_text_only_and_audio_only_inputs(tiny_model: mmtransfer.MultimodalGPT) -> None:
-    text = tiny_model.processor(["hello there"], targets=[" world"])
+    text = tiny_model.processor.from_prompts(["hello there"], targets=[" world"])
     assert torch.isfinite(tiny_model(**text).loss)
-    audio = tiny_model.processor([""], targets=[" one"], audio=[_audio(0.5, 0)])
+    audio = tiny_model.processor.from_prompts([""], targets=[" one"], audio=[_audio(0.5, 0)])
     assert torch.isfinite(tiny_model(**audio).loss)
 
 
 def test_placeholder_without_input_is_an_error(tiny_model: mmtransfer.MultimodalGPT) -> None:
     with pytest.raises(ValueError, match="no image input"):
-        tiny_model.processor(["<image> what?"])
+        tiny_model.processor.from_prompts(["<image> what?"])
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -84,11 +84,11 @@ def test_an_inf_input_feature_skips_that_update_counts_it_and_the_run_goes_on(
     real_media, real_step = Collator._media, loop._train_step
     calls = {"media": 0}
 
-    def media(self: Collator, modality: str, items: list) -> dict[str, torch.Tensor]:
-        inputs = real_media(self, modality, items)
+    def media(self: Collator, rendered: list) -> dict[str, dict[str, torch.Tensor]]:
+        inputs = real_media(self, rendered)
         calls["media"] += 1
         if calls["media"] == 3:  # the third training batch
-            inputs["input_features"][0, 2, 5] = float("inf")
+            inputs["audio"]["input_features"][0, 2, 5] = float("inf")
         return inputs
 
     changed: dict[int, bool] = {}

@@ -36,10 +36,26 @@ def test_right_padded_input_gives_the_same_as_left_padded() -> None:
         assert torch.equal(a, b)
 
 
-def test_missing_or_duplicate_placeholder_is_an_error() -> None:
+def test_a_count_of_placeholders_other_than_the_items_given_is_an_error() -> None:
     prefix = (torch.ones(2, 1, 2), torch.ones(2, 1, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"rows \[0, 1\]"):
-        splice(_embed, torch.tensor([[1, 2], [PH, PH]]), torch.ones(2, 2), {PH: prefix})
+    with pytest.raises(ValueError, match="occurs 3 times but 2 items"):
+        splice(_embed, torch.tensor([[1, PH], [PH, PH]]), torch.ones(2, 2), {PH: prefix})
+
+
+def test_each_occurrence_takes_its_own_item_in_row_major_order() -> None:
+    """Row 0 holds two placeholders, row 1 none, row 2 one (after padding): items 0, 1 go to row 0, item 2
+    to row 2; each keeps only its valid tokens."""
+    ids = torch.tensor([[PH, 5, PH], [0, 6, 7], [0, 8, PH]])
+    attn = torch.tensor([[1, 1, 1], [0, 1, 1], [0, 1, 1]])
+    emb = torch.tensor([[[10.0, 10], [11, 11]], [[20, 20], [0, 0]], [[30, 30], [31, 31]]])
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
+    labels = torch.tensor([[IGNORE_INDEX, 5, IGNORE_INDEX], [IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 8, IGNORE_INDEX]])
+    out, out_mask, pos, lab = splice(_embed, ids, attn, {PH: (emb, mask)}, labels)
+    assert out[..., 0].tolist() == [[10, 11, 5, 20], [0, 0, 6, 7], [0, 8, 30, 31]]
+    assert out_mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]]
+    assert pos.tolist() == [[0, 1, 2, 3], [0, 0, 0, 1], [0, 0, 1, 2]]
+    assert lab.tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 5, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX, 6, 7],
+                            [IGNORE_INDEX, 8, IGNORE_INDEX, IGNORE_INDEX]]
 
 
 def test_gradients_flow_into_the_prefix() -> None:

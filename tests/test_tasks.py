@@ -43,27 +43,35 @@ METRICS = {"captioning": {"bleu4", "cider_d"}, "vqa": {"vqa_accuracy"}, "asr": {
 
 
 def test_registry() -> None:
-    assert TASKS.names() == ["asr", "captioning", "classification", "vqa"]
+    assert TASKS.names() == ["asr", "captioning", "chat", "classification", "vqa"]
     task = get_task("asr")
     assert get_task(task) is task and task.modality == "audio" and task.api == "transcribe"
     assert (task.primary_metric, task.higher_is_better) == ("wer", False)
-    with pytest.raises(KeyError, match="valid tasks: asr, captioning, classification, vqa"):
+    with pytest.raises(KeyError, match="valid tasks: asr, captioning, chat, classification, vqa"):
         get_task("translation")
 
 
 def test_prompts_and_targets(tiny_model: mmtransfer.MultimodalGPT) -> None:
     vqa = get_task("vqa")
     sample = vqa.normalize({"image": "x.png", "question": " what colour? ", "answer": ["Red", "blue", "red."]})
-    assert vqa.prompt(tiny_model, sample) == "<image>Question: what colour?\nAnswer:"
-    assert vqa.prompt("Q: {question} A:", sample) == "Q: what colour? A:"
+    image = {"type": "image", "image": "x.png", "file": "x.png"}
+    assert vqa.conversation(tiny_model.prompt_template("answer"), sample, " Red") == [
+        {"role": "user", "content": [image, {"type": "text", "text": "Question: what colour?\nAnswer:"}]},
+        {"role": "assistant", "content": " Red"},
+    ]
+    assert vqa.conversation("Q: {question} A: <image>", sample) == [
+        {"role": "user", "content": [{"type": "text", "text": "Q: what colour? A: "}, image]}]
     assert vqa.target(sample) == " Red"  # most common after normalisation, as first written
     assert vqa.references(sample) == ["Red", "blue", "red."]
     cls = get_task("classification")
     text = {"text": "dull", "label": "negative"}
-    assert cls.prompt(tiny_model, text) == "dull\nLabel:" and cls.target(text) == " negative"
+    assert cls.conversation(tiny_model.prompt_template("classify"), text) == [
+        {"role": "user", "content": [{"type": "text", "text": "dull\nLabel:"}]}]
+    assert cls.target(text) == " negative"
     cap = get_task("captioning")
     caps = cap.normalize({"image": "x.png", "captions": ["one", "two"]})
-    assert cap.prompt(tiny_model, caps) == "<image>" and cap.target(caps) == " one"
+    assert cap.conversation(tiny_model.prompt_template("caption"), caps)[0]["content"] == [image]
+    assert cap.target(caps) == " one"
     assert cap.targets(caps) == [" one", " two"]
     assert get_task("asr").target({"audio": "x.wav", "text": "hi"}) == " hi"
     assert cap.references({"image": "x.png", "text": "hand written"}) == ["hand written"]

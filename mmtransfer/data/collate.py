@@ -6,34 +6,37 @@ from typing import Any
 
 import torch
 
+from mmtransfer.chat import Rendered
 from mmtransfer.data.cache import FeatureCache
-from mmtransfer.data.datasets import Item, decode
 from mmtransfer.data.manifest import Skip, check_on_error, report
 from mmtransfer.decoder import context_length
-from mmtransfer.processing import with_placeholder
+from mmtransfer.modalities import modality
+from mmtransfer.splice import IGNORE_INDEX
 from mmtransfer.tasks import Task, get_task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels")
+MEDIA_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 class Collator:
     """``collate(items) -> batch`` for one task, with the model's prompt template, tokenizer and encoders.
 
-    Batch keys (tensors [B, ...]; B = items that decoded):
+    Each item becomes a conversation (``Task.conversation``: the prompt template and the target; a ``chat``
+    item is one already), rendered by the model's processor. Batch keys (tensors [B, ...]; B = items kept):
 
-    - ``input_ids``, ``attention_mask`` [B, T] left-padded: prompt (the modality placeholder is prepended
-      when the template has none) then target + EOS; ``labels`` [B, T] is IGNORE_INDEX on prompt and
-      padding (the model also masks the spliced prefix). With a classification head: prompt only, and
-      ``class_labels`` [B] (indices into ``model.config.labels``) instead of ``labels``.
-    - ``image`` / ``audio``: the encoder's inputs, or with a ``cache`` the cached
-      ``{"features": [B, N, D], "mask": [B, N]}``.
+    - ``input_ids``, ``attention_mask`` [B, T] left-padded; ``labels`` [B, T] on the assistant turns only
+      (every turn, or the last with ``loss_on="last"``), IGNORE_INDEX elsewhere. With a classification head:
+      the prompt only, and ``class_labels`` [B] (indices into ``model.config.labels``) instead of ``labels``.
+    - per encoder kind with media in the batch (``image``, ``audio``): the encoder's inputs for every media
+      item in placeholder order, or with a cache for that kind the cached ``{"features": [K, N, D], "mask":
+      [K, N]}``. A video part gives ``video_frames`` image items.
     - not tensors: ``task`` (name), ``references`` (list[list[str]]), ``n_skipped`` (items dropped) and
       ``skipped`` (their ``Skip`` records).
 
     Items are dropped (or raise ``DataError`` with ``on_error="raise"``) when their file did not decode (a
     ``Skip`` from the dataset), when the encoder's preprocessing rejects their media (e.g. audio shorter than
-    one analysis window), or when their prompt + target is longer than ``max_text_tokens`` tokens (default:
-    the decoder's context length, past which a learned position table has no entry).
+    one analysis window), when their text is longer than ``max_text_tokens`` tokens (default: the decoder's
+    context length), or when they have no target token to learn from.
 
     When every item of a batch was dropped, the batch has only the non-tensor keys: check ``"input_ids" in
     batch``. Keeps the processor, not the model, so that DataLoader workers do not copy the decoder.
@@ -43,45 +46,44 @@ class Collator:
         self,
         model: Any,
         task: str | Task,
-        cache: FeatureCache | None = None,
+        cache: FeatureCache | dict[str, FeatureCache] | None = None,
         *,
         on_error: str = "skip",
         max_text_tokens: int | None = None,
+        loss_on: str = "all",
     ) -> None:
         check_on_error(on_error)
         self.task = get_task(task)
         self.processor = model.processor
-        self.template = model.prompt_template(self.task.api)
+        self.template = model.prompt_template(self.task.api) if self.task.api != "chat" else ""
         self.class_names = list(model.config.labels or []) if model.head is not None else None
         if self.class_names is not None and self.task.api != "classify":
             raise ValueError(f"this model has a classification head; task '{self.task.name}' needs an LM")
-        encoder = dict(model.encoders.items()).get(self.task.modality)
-        if cache is not None and cache.encoder is not encoder:
-            raise ValueError(f"this feature cache is not for the model's encoder of task '{self.task.name}'")
-        self.cache = cache
+        if isinstance(cache, FeatureCache):  # one cache: for the task's modality
+            cache = {self.task.modality or cache.encoder.modality: cache}
+        for kind, c in (cache or {}).items():
+            if c.encoder is not dict(model.encoders.items()).get(kind):
+                raise ValueError(f"this feature cache is not for the model's encoder of {kind} inputs")
+        self.caches = dict(cache or {})
         self.on_error = on_error
+        self.loss_on = loss_on
         self.max_text_tokens = max_text_tokens or context_length(model.decoder)
 
-    def __call__(self, items: list[Item | Skip]) -> dict[str, Any]:
+    def __call__(self, items: list[dict[str, Any] | Skip]) -> dict[str, Any]:
         skipped = [x for x in items if isinstance(x, Skip)]
         items = [x for x in items if not isinstance(x, Skip)]
-        modality = self.task.modality
-        text, media = self._text(items), None
-        if items and self.max_text_tokens:
-            limit = self.max_text_tokens
-            lengths = text["attention_mask"].sum(1).tolist()
-            too_long = {i: f"text is {n} tokens, more than max_text_tokens={limit}" for i, n in enumerate(lengths)
-                        if n > limit}
-            items, text = self._keep(items, text, too_long, skipped)
-        if items and modality is not None:
+        rendered = self._render(items) if items else []
+        items, rendered = self._keep(items, rendered, self._text_problems(rendered), skipped)
+        media: dict[str, Any] = {}
+        if items:
             try:
-                media = self._media(modality, items)
-            except (ValueError, RuntimeError, OSError):
-                bad = self._media_errors(modality, items)
+                media = self._media(rendered)
+            except MEDIA_ERRORS:
+                bad = self._media_errors(items, rendered)
                 if not bad:  # not one item's fault
                     raise
-                items, text = self._keep(items, text, bad, skipped)
-                media = self._media(modality, items) if items else None
+                items, rendered = self._keep(items, rendered, bad, skipped)
+                media = self._media(rendered) if items else {}
         batch: dict[str, Any] = {
             "task": self.task.name,
             "references": [x["references"] for x in items],
@@ -90,58 +92,75 @@ class Collator:
         }
         if not items:
             return batch
-        if modality is not None:
-            batch[modality] = media
-        batch.update(text)
+        batch.update(media)
+        batch.update(self.processor.pad(rendered, labels=self.class_names is None))
         if self.class_names is not None:
             batch["class_labels"] = torch.tensor([self._class_index(x) for x in items])
         return batch
 
-    def _text(self, items: list[Item]) -> dict[str, torch.Tensor]:
-        """Tokenised prompts (+ targets with an LM), left-padded."""
-        if not items:
-            return {}
-        prompts = [self.task.prompt(self.template, x) for x in items]
-        if self.task.modality is not None:
-            prompts = with_placeholder(prompts, self.task.modality)
-        if self.class_names is not None:
-            return self.processor.tokenize(prompts)
-        return self.processor.tokenize(prompts, [x["target"] for x in items], add_eos=self.task.add_eos)
+    def _render(self, items: list[dict[str, Any]]) -> list[Rendered]:
+        """Each item's conversation as ids and labels (with a head: the prompt only)."""
+        head = self.class_names is not None
+        conversations = [
+            x["messages"] if "messages" in x else
+            self.task.conversation(self.template, x, None if head else x["target"])
+            for x in items
+        ]
+        return self.processor.render(conversations, labels=not head, add_generation_prompt=head,
+                                     loss_on=self.loss_on, add_eos=self.task.add_eos)
+
+    def _text_problems(self, rendered: list[Rendered]) -> dict[int, str]:
+        """Rows too long for the decoder, or (with an LM) without a single target token."""
+        problems = {}
+        for i, r in enumerate(rendered):
+            if self.max_text_tokens and len(r.input_ids) > self.max_text_tokens:
+                problems[i] = f"text is {len(r.input_ids)} tokens, more than max_text_tokens={self.max_text_tokens}"
+            elif self.class_names is None and all(t == IGNORE_INDEX for t in r.labels):
+                problems[i] = "no target tokens (an empty assistant turn?)"
+        return problems
 
     def _keep(
-        self, items: list[Item], text: dict[str, torch.Tensor], reasons: dict[int, str], skipped: list[Skip]
-    ) -> tuple[list[Item], dict[str, torch.Tensor]]:
-        """Report the items in ``reasons`` (raise, or record in ``skipped``) and drop them from ``items`` and
-        from the rows of ``text`` (whose left padding shrinks to the longest row kept)."""
+        self, items: list[dict[str, Any]], rendered: list[Rendered], reasons: dict[int, str], skipped: list[Skip]
+    ) -> tuple[list[dict[str, Any]], list[Rendered]]:
+        """Report the items in ``reasons`` (raise, or record in ``skipped``) and drop them."""
         for i, reason in sorted(reasons.items()):
             path, line = items[i].get("source", ("<samples>", 0))
             report(Skip(str(path), line, reason), self.on_error, skipped)
         keep = [i for i in range(len(items)) if i not in reasons]
-        rows = {k: v[keep] for k, v in text.items()}
-        width = int(rows["attention_mask"].sum(1).max()) if keep else 0
-        return [items[i] for i in keep], {k: v[:, v.shape[1] - width :] for k, v in rows.items()}
+        return [items[i] for i in keep], [rendered[i] for i in keep]
 
-    def _media(self, modality: str, items: list[Item]) -> dict[str, torch.Tensor]:
-        rate = items[0].get("sample_rate")
+    def _media(self, rendered: list[Rendered]) -> dict[str, dict[str, torch.Tensor]]:
+        """Encoder kind -> inputs (or cached features) for every media part of the batch, in order."""
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for r in rendered:
+            for part in r.media:
+                by_kind.setdefault(modality(part["type"]).encoder, []).append(part)
+        out = {}
+        for kind, parts in by_kind.items():
+            cache = self.caches.get(kind)
+            if cache is not None and all(_cacheable(p) for p in parts):
+                out[kind] = cache.features([p["file"] for p in parts], lambda idx, ps=parts, k=kind: self._inputs(
+                    k, [ps[i] for i in idx]))
+            else:
+                out[kind] = self._inputs(kind, parts)
+        return out
 
-        def encoder_inputs(indices: list[int]) -> dict[str, torch.Tensor]:
-            return self.processor.preprocess(modality, [_media_of(items[i], modality) for i in indices], rate)
+    def _inputs(self, kind: str, parts: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.processor.preprocess(kind, [x for p in parts for x in self.processor.load(p)])
 
-        if self.cache is None:
-            return encoder_inputs(list(range(len(items))))
-        return self.cache.features([x["file"] for x in items], encoder_inputs)
-
-    def _media_errors(self, modality: str, items: list[Item]) -> dict[int, str]:
+    def _media_errors(self, items: list[dict[str, Any]], rendered: list[Rendered]) -> dict[int, str]:
         """After a batch failed to preprocess: the items that fail alone, with the reason."""
         errors = {}
-        for i, item in enumerate(items):
-            try:
-                self.processor.preprocess(modality, [_media_of(item, modality)], item.get("sample_rate"))
-            except (ValueError, RuntimeError, OSError) as err:
-                errors[i] = f"{modality} file {item.get('file', '<in memory>')}: {err}"
+        for i, r in enumerate(rendered):
+            for part in r.media:
+                try:
+                    self._inputs(modality(part["type"]).encoder, [part])
+                except MEDIA_ERRORS as err:
+                    errors[i] = f"{part['type']} file {part.get('file', '<in memory>')}: {err}"
+                    break
         return errors
 
-    def _class_index(self, item: Item) -> int:
+    def _class_index(self, item: dict[str, Any]) -> int:
         try:
             return self.class_names.index(item["label"])
         except ValueError:
@@ -152,8 +171,7 @@ class Collator:
             ) from None
 
 
-def _media_of(item: Item, modality: str) -> Any:
-    """The item's decoded media; decoded here when the dataset skipped it as cached (a cache miss after all)."""
-    media = item[modality]
-    return decode(modality, item["file"], item.get("sample_rate")) if media is None else media
-
+def _cacheable(part: dict[str, Any]) -> bool:
+    """A part that is its encoder's own kind (one item: its file, not a video's frames), so it can be cached."""
+    spec = modality(part["type"])
+    return isinstance(part.get("file"), str) and spec.name == spec.encoder

@@ -7,8 +7,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from mmtransfer.chat import parts
 from mmtransfer.data.manifest import Skip, audio_seconds, check_on_error, report
-from mmtransfer.io import load_audio, load_image
+from mmtransfer.modalities import modality as modality_of
 from mmtransfer.tasks import Sample, Task, get_task
 
 Item = dict[str, Any]
@@ -42,6 +43,7 @@ class TaskDataset(Dataset):
         on_error: str = "skip",
         expand_targets: bool = False,
         cached: Callable[[str], bool] | None = None,
+        video_frames: int = 8,
     ) -> None:
         check_on_error(on_error)
         self.task = get_task(task)
@@ -59,6 +61,7 @@ class TaskDataset(Dataset):
         ]
         self.skipped: list[Skip] = []
         self.cached = cached
+        self.video_frames = video_frames
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -68,9 +71,12 @@ class TaskDataset(Dataset):
         sample = self.samples[i]
         item = {**sample, "target": target, "references": self.task.references(sample)}
         modality = self.task.modality
-        if modality is None:
-            return item
         try:
+            if "messages" in sample:
+                item["messages"] = [self._decoded(m) for m in sample["messages"]]
+                return item
+            if modality is None:
+                return item
             cached = self.cached is not None and isinstance(sample[modality], str) and self.cached(sample[modality])
             item[modality] = None if cached else decode(modality, sample[modality], self.sample_rate)
         except (ValueError, OSError) as err:
@@ -84,12 +90,27 @@ class TaskDataset(Dataset):
             item["sample_rate"] = self.sample_rate
         return item
 
+    def _decoded(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message whose media parts carry their decoded encoder items (``raw``) and path (``file``)."""
+        content = []
+        for part in parts(message):
+            if part["type"] != "text":
+                spec = modality_of(part["type"])
+                value = part[part["type"]]
+                part = {**part, "raw": spec.load(part, self.sample_rate, self.video_frames)}
+                if isinstance(value, str):
+                    part["file"] = value
+            content.append(part)
+        return {**message, "content": content}
+
     def lengths(self) -> list[float]:
         """Per item, for length bucketing: audio seconds (from the header) or characters of prompt + target."""
         out = []
         for i, target in self.entries:
             sample = self.samples[i]
-            if self.task.modality == "audio":
+            if "messages" in sample:
+                out.append(sum(len(p["text"]) for m in sample["messages"] for p in parts(m) if p["type"] == "text"))
+            elif self.task.modality == "audio":
                 out.append(sample["duration"] if "duration" in sample else audio_seconds(sample["audio"]))
             else:
                 out.append(sum(len(v) for v in self.task.prompt_fields(sample).values()) + len(target))
@@ -98,7 +119,6 @@ class TaskDataset(Dataset):
 
 def decode(modality: str, media: Any, sample_rate: int | None = None) -> Any:
     """A path (or already-decoded media) -> PIL RGB image, or float32 mono audio [T] at ``sample_rate``."""
-    if modality == "image":
-        return load_image(media)
-    return load_audio(media, sample_rate)
+    [raw] = modality_of(modality).load({"type": modality, modality: media}, sample_rate, 1)
+    return raw
 

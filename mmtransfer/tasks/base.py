@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
+from mmtransfer.prompts import user_turn
 from mmtransfer.registry import Registry
 
 Sample = dict[str, Any]
@@ -68,12 +69,14 @@ class Task:
     def prompt_fields(self, sample: Sample) -> dict[str, str]:
         return {k: sample[k] for k in self.prompt_keys}
 
-    def prompt(self, model_or_template: Any, sample: Sample) -> str:
-        """The model's prompt template for this task (or a template string) filled in from ``sample``."""
-        template = model_or_template
-        if not isinstance(template, str):
-            template = model_or_template.prompt_template(self.api)
-        return template.format(**self.prompt_fields(sample))
+    def conversation(self, template: str, sample: Sample, target: str | None = None) -> list[dict[str, Any]]:
+        """The sample as a single-turn conversation: the prompt ``template`` (see ``mmtransfer.prompts``) filled
+        in from ``sample`` with its media part at the template's tag, then ``target`` as the assistant turn.
+        The media part carries ``raw`` (decoded media, when the sample holds it) and ``file`` (its path)."""
+        media = {}
+        if self.modality is not None:
+            media[self.modality] = [media_part(self.modality, sample)]
+        return user_turn(template, self.prompt_fields(sample), media, target)
 
     def references(self, sample: Sample) -> list[str]:
         """What predictions are scored against."""
@@ -117,6 +120,20 @@ class Task:
         if not predictions:
             raise ValueError(f"{self.name}: no samples to evaluate")
         return self.score(predictions, references)
+
+
+def media_part(kind: str, sample: Sample) -> dict[str, Any]:
+    """A task sample's media as a part: a path, or decoded media (``raw``) with its ``file`` when known."""
+    value = sample[kind]
+    path = sample.get("file", value if isinstance(value, str) else None)
+    part: dict[str, Any] = {"type": kind, kind: value if path is None else path}
+    if path is not None:
+        part["file"] = path
+    if value is not None and not isinstance(value, str):
+        part["raw"] = [value]
+    if "sample_rate" in sample:
+        part["sample_rate"] = sample["sample_rate"]
+    return part
 
 
 def as_list(value: str | list[str]) -> list[str]:

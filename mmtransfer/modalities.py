@@ -1,0 +1,52 @@
+"""The modality table: one ``Modality`` per kind of media part, read by every other module.
+
+A media part ``{"type": name, name: value}`` goes through the encoder and projector of ``encoder`` (the
+``<encoder>_encoder`` / ``<encoder>_projector`` config fields) and becomes ``count`` prefixes, each
+standing at one ``<encoder>`` placeholder. Adding a modality is one entry here: video is the image
+encoder over ``video_frames`` sampled frames, each frame its own prefix, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mmtransfer.io import load_audio, load_image
+
+# encoder kind -> the placeholder token that stands for one of its prefixes
+PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}
+ENCODER_KINDS = tuple(PLACEHOLDERS)
+
+
+@dataclass(frozen=True)
+class Modality:
+    """``load(part, sample_rate, frames) -> raw items`` for the encoder (PIL images, float32 audio [T]),
+    one per prefix; ``count(frames)`` how many prefixes a part becomes."""
+
+    name: str
+    encoder: str
+    load: Callable[[dict[str, Any], int | None, int], list[Any]]
+    count: Callable[[int], int] = lambda frames: 1
+
+
+def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
+    from mmtransfer.video import load_video  # PyAV is optional
+
+    return load_video(part["video"], frames)
+
+
+MODALITIES: dict[str, Modality] = {
+    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])]),
+    "audio": Modality(
+        "audio", "audio", lambda part, rate, frames: [load_audio(part["audio"], rate, part.get("sample_rate"))]
+    ),
+    "video": Modality("video", "image", _video, count=lambda frames: frames),
+}
+
+
+def modality(name: str) -> Modality:
+    """The table entry of a part type; ValueError lists the known ones."""
+    if name not in MODALITIES:
+        raise ValueError(f"unknown part type '{name}'; known: text, {', '.join(MODALITIES)}")
+    return MODALITIES[name]
