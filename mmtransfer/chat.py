@@ -42,6 +42,12 @@ SENTINELS = re.compile("[\ue000-\ue002]")
 _PIECES = re.compile(f"{OPEN}(.*?){CLOSE}|{MEDIA}", re.DOTALL)
 LOSS_ON = ("all", "last")
 ROLES = ("system", "user", "assistant")
+# For decoders without a chat template that learn multi-turn data: "User: ...", "Assistant: ... <eos>" lines.
+TURNS = (
+    "{% for m in messages %}{% if m.role == 'user' %}User: {{ m.content }}\n"
+    "{% elif m.role == 'assistant' %}Assistant: {{ m.content }}{{ eos_token }}\n{% else %}{{ m.content }}\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 @dataclass
@@ -65,11 +71,11 @@ def media_parts(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return [p for m in messages for p in parts(m) if p["type"] != "text"]
 
 
-def check_conversation(messages: Sequence[Message], generation: bool = False) -> None:
+def check_conversation(messages: Sequence[Message], generation: bool | None = False) -> None:
     """Raise ValueError naming the message when a conversation is malformed: not a non-empty list of
     ``{"role", "content"}`` objects, an unknown role or part type, a system message after the first, an
     assistant turn first, media outside user turns; with ``generation=True`` the last turn must be the user's,
-    otherwise there must be an assistant turn."""
+    with ``False`` there must be an assistant turn (``None``: either)."""
     from mmtransfer.modalities import MODALITIES
 
     if not isinstance(messages, (list, tuple)) or not messages:
@@ -91,25 +97,24 @@ def check_conversation(messages: Sequence[Message], generation: bool = False) ->
             if kind == "text" and not isinstance(part.get("text"), str):
                 raise ValueError(f"message {i}: a text part needs a string 'text'")
             if kind != "text" and role != "user":
-                raise ValueError(f"message {i}: a{'n' if kind[0] in 'aeiou' else ''} {kind} part in a {role} turn; "
-                                 "media go in user turns")
+                raise ValueError(f"message {i}: {kind} part in the {role} turn; media go in user turns")
     turns = [m["role"] for m in messages if m["role"] != "system"]
     if turns and turns[0] == "assistant":
         raise ValueError("the first turn after the system message is the assistant's; it must be the user's")
     if generation and (not turns or turns[-1] != "user"):
         raise ValueError("the last message must be the user's: the model writes the assistant turn that follows")
-    if not generation and "assistant" not in turns:
+    if generation is False and "assistant" not in turns:
         raise ValueError("the conversation has no assistant turn to learn from")
 
 
 def template_of(tokenizer: PreTrainedTokenizerBase, choice: str) -> str | None:
     """The Jinja chat template to render with, or None for the plain template. ``choice``: ``auto`` (the
-    tokenizer's own when it has one), ``plain``, or a Jinja template string."""
+    tokenizer's own when it has one, else plain), ``plain``, ``turns`` (``TURNS``), or a Jinja template."""
     if choice == "plain":
         return None
     if choice == "auto":
         return getattr(tokenizer, "chat_template", None) or None
-    return choice
+    return TURNS if choice == "turns" else choice
 
 
 def render(

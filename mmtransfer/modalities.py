@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from mmtransfer.io import load_audio, load_image
 
 # encoder kind -> the placeholder token that stands for one of its prefixes
@@ -22,12 +25,14 @@ ENCODER_KINDS = tuple(PLACEHOLDERS)
 @dataclass(frozen=True)
 class Modality:
     """``load(part, sample_rate, frames) -> raw items`` for the encoder (PIL images, float32 audio [T]),
-    one per prefix; ``count(frames)`` how many prefixes a part becomes."""
+    one per prefix; ``count(frames)`` how many prefixes a part becomes; ``blank(sample_rate)`` one neutral
+    raw item (for the encoder's own kinds: a pass that keeps every rank running the same modules)."""
 
     name: str
     encoder: str
     load: Callable[[dict[str, Any], int | None, int], list[Any]]
     count: Callable[[int], int] = lambda frames: 1
+    blank: Callable[[int | None], Any] | None = None
 
 
 def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
@@ -37,10 +42,10 @@ def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[A
 
 
 MODALITIES: dict[str, Modality] = {
-    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])]),
-    "audio": Modality(
-        "audio", "audio", lambda part, rate, frames: [load_audio(part["audio"], rate, part.get("sample_rate"))]
-    ),
+    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])],
+                      blank=lambda rate: Image.new("RGB", (32, 32))),
+    "audio": Modality("audio", "audio", lambda part, rate, frames: [load_audio(part["audio"], rate, part.get("sample_rate"))],
+                      blank=lambda rate: np.zeros(rate or 16000, dtype=np.float32)),
     "video": Modality("video", "image", _video, count=lambda frames: frames),
 }
 

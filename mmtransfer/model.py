@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -15,6 +16,7 @@ from mmtransfer.chat import template_of
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.inference import InferenceMixin
+from mmtransfer.modalities import MODALITIES
 from mmtransfer.processing import Processor
 from mmtransfer.splice import IGNORE_INDEX, splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy
@@ -120,8 +122,23 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         embeds, mask, positions, labels = splice(
             self.decoder.get_input_embeddings(), input_ids, attention_mask, prefixes, labels
         )
+        if self.training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+            for kind in self.encoders:
+                if modal_inputs.get(kind) is None:  # every rank must run every module each step (DDP / FSDP)
+                    embeds = embeds + 0.0 * self._blank_prefix(kind).sum()
         self.check_context(int(mask.sum(1).max()) if mask.numel() else 0)
         return embeds, mask, positions, labels
+
+    def _blank_prefix(self, kind: str) -> torch.Tensor:
+        """A prefix of one blank input through the ``kind`` encoder (when it trains) and its projector, for a
+        batch without that modality: under DDP / FSDP a rank that skipped a module would hang or fail the
+        others (DeepSpeed #7170, ms-swift #6171). Multiplied by zero, it changes no value or gradient."""
+        encoder = self.encoders[kind]
+        if any(p.requires_grad for p in encoder.parameters()):
+            inputs = self.processor.preprocess(kind, [MODALITIES[kind].blank(encoder.sample_rate)])
+            return self.encode(kind, {k: v.to(self.device) for k, v in inputs.items()})[0]
+        features = torch.zeros(1, 1, encoder.out_dim, device=self.device)
+        return self.encode(kind, {"features": features, "mask": torch.ones(1, 1, device=self.device)})[0]
 
     def check_context(self, length: int, new_tokens: int = 0) -> None:
         """Raise a clear error when a row of ``length`` positions (prefix + prompt + target), plus

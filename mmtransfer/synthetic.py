@@ -6,6 +6,9 @@
 - ``tones``: DTMF key tones for 1-4 digits (16 kHz WAV) transcribed as digit words: a small ASR task
   that needs no recorded speech.
 - ``sentiment``: template sentences with a positive or negative word, labelled as such.
+- conversations (``chat_*.jsonl``, OpenAI-style messages over the images and clips above): ``compare`` (two
+  images, "which image has more shapes?"), ``dialogue`` (two turns about one scene: colour, then count) and
+  ``mixed`` (those, a clip, an image with a clip, and text-only turns, for tests of mixed batches).
 
 ``write_all(out_dir)`` writes JSONL manifests in the formats ``mmtransfer.data`` reads.
 """
@@ -130,12 +133,65 @@ def write_sentiment(out_dir: Path, n_train: int = 400, n_test: int = 100, seed: 
         _write_jsonl(out_dir / f"sentiment_{split}.jsonl", rows)
 
 
+def _user(*content: dict | str) -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": c} if isinstance(c, str) else c for c in content]}
+
+
+def _reply(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def _scene(row: dict) -> dict:
+    """A captions-manifest row -> its image part and the scene ("two red circles on the left")."""
+    count, colour, noun, *_, side = row["text"].split()
+    return {"image": {"type": "image", "image": f"shapes/{row['image']}"}, "count": NUMBERS.index(count),
+            "colour": colour, "shape": noun.rstrip("s"), "side": side}
+
+
+def compare_conversation(a: dict, b: dict) -> dict:
+    """Two scenes with different counts: which image has more shapes?"""
+    answer = "the first" if a["count"] > b["count"] else "the second"
+    return {"messages": [_user(a["image"], b["image"], "which image has more shapes?"), _reply(answer)]}
+
+
+def dialogue_conversation(scene: dict) -> dict:
+    """Two turns about one scene: its colour, then (depending on the first answer) its count."""
+    return {"messages": [_user(scene["image"], "what colour are the shapes?"), _reply(scene["colour"]),
+                         _user("and how many are there?"), _reply(NUMBERS[scene["count"]])]}
+
+
+def write_conversations(out: Path, seed: int = 0) -> None:
+    """``chat_{compare,dialogue,mixed}_{train,test}.jsonl`` in ``out`` over the shapes and tones already there."""
+    rng = random.Random(seed)
+    for split in ("train", "test"):
+        scenes = [_scene(json.loads(line)) for line in (out / f"shapes/captions_{split}.jsonl").open()]
+        clips = [json.loads(line) for line in (out / f"tones/asr_{split}.jsonl").open()]
+        texts = [json.loads(line) for line in (out / f"sentiment/sentiment_{split}.jsonl").open()]
+        pairs = [(a, b) for a, b in zip(scenes, scenes[1:] + scenes[:1]) if a["count"] != b["count"]]
+        compare = [compare_conversation(a, b) for a, b in pairs]
+        dialogue = [dialogue_conversation(s) for s in scenes]
+        mixed = []
+        for i, clip in enumerate(clips):
+            audio = {"type": "audio", "audio": f"tones/{clip['audio']}"}
+            scene, text = scenes[i % len(scenes)], texts[i % len(texts)]
+            mixed.append(rng.choice([
+                compare[i % len(compare)], dialogue[i % len(dialogue)],
+                {"messages": [_user(audio, "which digits are played?"), _reply(clip["text"])]},
+                {"messages": [_user(scene["image"], audio, "colour, then digits?"),
+                              _reply(f"{scene['colour']}; {clip['text']}")]},
+                {"messages": [_user(f"{text['text']}. positive or negative?"), _reply(text["label"])]},
+            ]))
+        for name, rows in (("compare", compare), ("dialogue", dialogue), ("mixed", mixed)):
+            _write_jsonl(out / f"chat_{name}_{split}.jsonl", rows)
+
+
 def write_all(out_dir: str | Path, n_train: int = 400, n_test: int = 60, seed: int = 0) -> Path:
     """Write every synthetic set under ``out_dir`` (a few seconds)."""
     out = Path(out_dir)
     write_shapes(out / "shapes", n_train, n_test, seed=seed)
     write_tones(out / "tones", n_train, n_test, seed=seed)
     write_sentiment(out / "sentiment", n_train, n_test, seed=seed)
+    write_conversations(out, seed=seed)
     return out
 
 

@@ -144,19 +144,19 @@ GOOD = {
     "sharegpt": {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "audios": []},
 }
 BAD = [
-    ("messages", msgs(USER, {"role": "bot", "content": "A"}), ["message 1", "unknown role 'bot'"]),
-    ("messages", msgs(REPLY, USER), ["message 0", "assistant turn first"]),
+    ("messages", msgs(USER, {"role": "bot", "content": "A"}), ["message 2", "unknown role 'bot'"]),
+    ("messages", msgs(REPLY, USER), ["the assistant's", "must be the user's"]),
     ("messages", msgs({"role": "user", "content": [{"type": "image", "image": "img/nope.png"}]}, REPLY),
-     ["message 0", "image file not found: img/nope.png"]),
+     ["message 1", "image file not found: img/nope.png"]),
     ("messages", msgs(USER, {"role": "assistant", "content": [{"type": "image", "image": "img/a.png"}]}),
-     ["message 1", "image part in the assistant turn"]),
+     ["message 2", "image part in the assistant turn"]),
     ("messages", msgs({"role": "user", "content": [{"type": "image", "image": "../outside.png"}]}, REPLY),
      ["escapes the manifest's directory"]),
     ("messages", msgs({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "img/a.png"}}]},
                       REPLY), ["unknown part type 'image_url'", "text, image, audio, video"]),
-    ("messages", msgs({"role": "user", "content": [text("  ")]}, REPLY), ["message 0", "empty content"]),
+    ("messages", msgs({"role": "user", "content": [text("  ")]}, REPLY), ["message 1", "empty content"]),
     ("messages", msgs({"role": "user", "content": "Q"}, {"role": "system", "content": "S"}, REPLY),
-     ["message 1", "system message is only allowed first"]),
+     ["message 2", "system message may only come first"]),
     ("messages", {"messages": []}, ["non-empty list"]),
     ("messages", "{not json", ["malformed JSON"]),
     ("messages", "[1, 2]", ["expected a JSON object, got list"]),
@@ -169,7 +169,7 @@ BAD = [
     ("sharegpt", {"conversations": [{"from": "human", "value": "<audio>Q"}, {"from": "gpt", "value": "A"}]},
      ["1 <audio> marker(s)", "0 audio path(s)"]),
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}],
-                  "images": ["img/a.png"], "system": "S <image>"}, ["message 0", "image part in the system"]),
+                  "images": ["img/a.png"], "system": "S <image>"}, ["message 1", "image part in the system"]),
 ]
 
 

@@ -36,3 +36,27 @@ def tiny_model_config(arch: str = "gpt2", **overrides: Any) -> dict[str, Any]:
         "audio_projector": {"name": "frame_stack", "k": 2},
     }
     return cfg | overrides
+
+
+# SmolLM2-Instruct's chat template (ChatML with a default system prompt), for tests of templated decoders.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def chatml_model_config(directory: Path, arch: str = "gpt2", **overrides: Any) -> dict[str, Any]:
+    """``tiny_model_config`` whose tokenizer (written to ``directory``) has ChatML special tokens, the
+    template above and ``<|im_end|>`` as EOS, like SmolLM2-Instruct's."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token, tok.chat_template = "<|im_end|>", CHATML
+    tok.save_pretrained(directory)
+    cfg = tiny_model_config(arch, **overrides)
+    cfg["decoder"] = {**cfg["decoder"], "tokenizer": str(directory)}
+    cfg["decoder"]["config"] = {**cfg["decoder"]["config"], "vocab_size": len(tok) + 2}  # + the placeholders
+    return cfg

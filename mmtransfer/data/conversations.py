@@ -3,7 +3,7 @@
 A normalised sample is ``{"messages": [{"role", "content": [part, ...]}, ...], "source": (file, number)}``;
 a part is ``{"type": "text", "text": str}`` or ``{"type": kind, kind: absolute path}`` for ``kind`` in
 ``MEDIA_KINDS``. Media paths are relative to the file's directory (or absolute, but inside it). Errors name
-the message by its 0-based index in the (converted) message list, as ``message 2: ...``.
+the message by its 1-based number in the (converted) message list, as ``message 2: ...``.
 """
 
 from __future__ import annotations
@@ -17,33 +17,32 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from mmtransfer.chat import ROLES, check_conversation, parts
 from mmtransfer.data.manifest import Manifest, Skip, _media_path, check_on_error, report
+from mmtransfer.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
-MEDIA_KINDS = ("image", "audio", "video")
-PART_TYPES = ("text", *MEDIA_KINDS)
-ROLES = ("system", "user", "assistant")
+MEDIA_KINDS = tuple(MODALITIES)
 FORMATS = ("auto", "messages", "llava", "sharegpt")
 SPEAKERS = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 SHAREGPT_KEYS = frozenset({"images", "audios", "videos", "system"})
 
 
 def normalize_messages(messages: Any, root: str) -> list[dict]:
-    """Check OpenAI-style ``messages`` and return them normalised, media resolved against ``root``.
-
-    Content is a string or a list of parts; whitespace-only text parts are dropped, other text is kept as
-    given. A system message may only come first and hold text; the first other message is a user turn;
-    media parts only in user turns. ValueError says what is wrong.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list of message objects")
-    normalised = [_message(index, message, root) for index, message in enumerate(messages)]
-    start = 1 if normalised[0]["role"] == "system" else 0
-    if start == len(normalised):
-        raise ValueError("no user turn after the system message")
-    if normalised[start]["role"] != "user":
-        raise ValueError(f"message {start}: assistant turn first; the first turn after any system message is user")
-    return normalised
+    """Check OpenAI-style ``messages`` (``mmtransfer.chat.check_conversation``) and return them normalised,
+    media resolved against ``root``: content becomes a list of parts, whitespace-only text parts are dropped,
+    other text is kept as given. ValueError says what is wrong."""
+    check_conversation(messages, generation=None)
+    out = []
+    for number, message in enumerate(messages, start=1):
+        try:
+            content = [p for raw in parts(message) if (p := _part(raw, root)) is not None]
+        except ValueError as err:
+            raise ValueError(f"message {number}: {err}") from None
+        if not content:
+            raise ValueError(f"message {number}: empty content (no text, no media)")
+        out.append({"role": message["role"], "content": content})
+    return out
 
 
 def check_trainable(messages: list[dict]) -> None:
@@ -98,47 +97,11 @@ def read_conversations(
 
 
 # -- messages -------------------------------------------------------------------------------------
-def _message(index: int, message: Any, root: str) -> dict:
-    """One message -> ``{"role", "content": [part, ...]}``; errors start with ``message <index>:``."""
-    try:
-        if not isinstance(message, dict):
-            raise ValueError(f"expected an object, got {type(message).__name__}")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-        if role == "system" and index:
-            raise ValueError("a system message is only allowed first")
-        parts = [part for raw in _content(message) if (part := _part(raw, role, root)) is not None]
-        if not parts:
-            raise ValueError("empty content (no text, no media)")
-    except ValueError as err:
-        raise ValueError(f"message {index}: {err}") from None
-    return {"role": role, "content": parts}
-
-
-def _content(message: dict) -> list:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise ValueError("'content' must be a string or a list of parts")
-    return content
-
-
-def _part(part: Any, role: str, root: str) -> dict | None:
-    """One content part, normalised; None for a whitespace-only text part."""
-    if not isinstance(part, dict):
-        raise ValueError(f"a content part must be an object, got {type(part).__name__}")
-    kind = part.get("type")
+def _part(part: dict, root: str) -> dict | None:
+    """One checked content part, normalised; None for a whitespace-only text part."""
+    kind = part["type"]
     if kind == "text":
-        text = part.get("text")
-        if not isinstance(text, str):
-            raise ValueError("a text part needs a string 'text'")
-        return {"type": "text", "text": text} if text.strip() else None
-    if kind not in MEDIA_KINDS:
-        raise ValueError(f"unknown part type {kind!r}; part types are {', '.join(PART_TYPES)}")
-    if role != "user":
-        raise ValueError(f"{kind} part in the {role} turn; media parts go in user turns")
+        return part if part["text"].strip() else None
     value = part.get(kind)
     if not isinstance(value, str) or not value:
         raise ValueError(f"{kind} part needs a string path under '{kind}'")

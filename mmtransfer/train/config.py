@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmtransfer.chat import LOSS_ON
+from mmtransfer.data.conversations import FORMATS
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
 
 
@@ -23,6 +25,9 @@ class DatasetConfig:
     bucket: bool = False  # length-bucketed batches (audio / text)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    name: str | None = None  # key in the mixture and in metric names; default: the task (one dataset per task)
+    format: str = "auto"  # chat task: messages | llava | sharegpt | auto (see mmtransfer.data.conversations)
+    loss_on: str = "all"  # chat task: loss on every assistant turn ("all") or on the last one ("last")
 
 
 @dataclass
@@ -125,6 +130,10 @@ def _validate(cfg: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: data[{i}].on_error: '{ds.on_error}' is not skip or raise")
         if ds.weight <= 0:
             raise ConfigError(f"{where}: data[{i}].weight: must be > 0")
+        if ds.loss_on not in LOSS_ON:
+            raise ConfigError(f"{where}: data[{i}].loss_on: '{ds.loss_on}' is not one of {', '.join(LOSS_ON)}")
+        if ds.format not in FORMATS:
+            raise ConfigError(f"{where}: data[{i}].format: '{ds.format}' is not one of {', '.join(FORMATS)}")
 
 
 def _resolve(config_path: Path, value: str) -> str:

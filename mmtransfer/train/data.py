@@ -17,6 +17,7 @@ from mmtransfer.data import (
     make_loader,
     read_manifest,
 )
+from mmtransfer.data.conversations import read_conversations
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
@@ -88,16 +89,16 @@ class TrainData:
 
 def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size: int = 1) -> TrainData:
     """Read every manifest (bad lines reported and skipped, or raised, per ``on_error``) and build loaders."""
-    names = [ds.task for ds in cfg.data]
+    names = [ds.name or ds.task for ds in cfg.data]
     if len(set(names)) != len(names):
-        raise ValueError(f"data: one dataset per task please, got tasks {names}")
+        raise ValueError(f"data: dataset names must differ (set 'name' when two share a task), got {names}")
     loaders, weights, eval_sets = {}, {}, {}
-    for ds in cfg.data:
+    for name, ds in zip(names, cfg.data):
         task = get_task(ds.task)
-        loaders[ds.task] = _train_loader(ds, task, cfg, model, rank, world_size)
-        weights[ds.task] = ds.weight
+        loaders[name] = _train_loader(ds, task, cfg, model, rank, world_size)
+        weights[name] = ds.weight
         if ds.eval:
-            eval_sets[ds.task] = (task, _dataset(ds, task, model, ds.eval, ds.max_eval_samples, train=False))
+            eval_sets[name] = (task, _dataset(ds, task, model, ds.eval, ds.max_eval_samples, train=False))
     primary = ("", True)
     if eval_sets:
         name, (task, _) = next(iter(eval_sets.items()))
@@ -110,14 +111,18 @@ def _dataset(
     cache: FeatureCache | None = None,
 ) -> TaskDataset:
     labels = model.config.labels if task.api == "classify" else None
-    manifest = read_manifest(path, task, labels=labels, on_error=ds.on_error,
-                             max_audio_seconds=ds.max_audio_seconds)
+    if task.api == "chat":
+        manifest = read_conversations(path, ds.format, on_error=ds.on_error)
+    else:
+        manifest = read_manifest(path, task, labels=labels, on_error=ds.on_error,
+                                 max_audio_seconds=ds.max_audio_seconds)
     samples = list(manifest)[:limit] if limit else list(manifest)
     if not samples:
         raise ValueError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
-    rate = model.encoders["audio"].sample_rate if task.modality == "audio" else None
+    audio = dict(model.encoders.items()).get("audio")
+    rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,
-                       cached=cache.contains if cache is not None else None)
+                       cached=cache.contains if cache is not None else None, video_frames=model.config.video_frames)
 
 
 def _train_loader(
@@ -129,6 +134,7 @@ def _train_loader(
         if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
             cache = FeatureCache(Path(cfg.feature_cache), encoder)
     dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, cache=cache)
-    collator = Collator(model, task, cache=cache, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens)
+    collator = Collator(model, task, cache=cache, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
+                        loss_on=ds.loss_on)
     return make_loader(dataset, collator, cfg.batch_size, shuffle=True, seed=cfg.seed,
                        bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)
