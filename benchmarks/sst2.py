@@ -105,7 +105,7 @@ def main() -> None:
         from mmtransfer.tasks import get_task
 
         model = mmtransfer.build_model({
-            "decoder": {"model": "HuggingFaceTB/SmolLM2-135M"}, "labels": list(LABELS),
+            "decoder": {"model": "HuggingFaceTB/SmolLM2-135M"}, "labels": list(LABELS), "chat_template": "plain",
             "prompts": {"classify": TEMPLATE},
         }).eval()
         cls = get_task("classification")

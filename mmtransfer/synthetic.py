@@ -174,13 +174,14 @@ def write_conversations(out: Path, seed: int = 0) -> None:
         for i, clip in enumerate(clips):
             audio = {"type": "audio", "audio": f"tones/{clip['audio']}"}
             scene, text = scenes[i % len(scenes)], texts[i % len(texts)]
-            mixed.append(rng.choice([
-                compare[i % len(compare)], dialogue[i % len(dialogue)],
+            options = [
+                dialogue[i % len(dialogue)],
                 {"messages": [_user(audio, "which digits are played?"), _reply(clip["text"])]},
                 {"messages": [_user(scene["image"], audio, "colour, then digits?"),
                               _reply(f"{scene['colour']}; {clip['text']}")]},
                 {"messages": [_user(f"{text['text']}. positive or negative?"), _reply(text["label"])]},
-            ]))
+            ]
+            mixed.append(rng.choice(options + compare[i % max(len(compare), 1) :][:1]))  # a tiny split may have none
         for name, rows in (("compare", compare), ("dialogue", dialogue), ("mixed", mixed)):
             _write_jsonl(out / f"chat_{name}_{split}.jsonl", rows)
 

@@ -1,4 +1,5 @@
-"""Run by test_train.py under torch.distributed.run: train, then write a checksum of this rank's weights."""
+"""Run by test_train.py under torch.distributed.run: train, then write a checksum of this rank's weights and
+the media kinds of each of its training batches."""
 
 import json
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mmtransfer.builder import build_model
+from mmtransfer.train import data as train_data
 from mmtransfer.train import load_train_config, loop, train
 
 
@@ -20,12 +22,21 @@ def main() -> None:
         return captured["model"]
 
     loop.build_model = build
+    real_next = train_data.TrainData.next_batch
+    kinds = []
+
+    def next_batch(self):  # record which media each training batch of this rank held
+        name, batch = real_next(self)
+        kinds.append(sorted(k for k in ("image", "audio") if k in batch))
+        return name, batch
+
+    train_data.TrainData.next_batch = next_batch
     train(load_train_config(config, overrides))
     rank = torch.distributed.get_rank()
     world = torch.distributed.get_world_size()
     params = {n: round(float(p.double().sum()), 10) for n, p in captured["model"].named_parameters()}
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"world_size": world, "params": params}))
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"world_size": world, "params": params, "kinds": kinds}))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import mmtransfer
@@ -140,8 +141,38 @@ def test_two_process_ddp_on_cpu_ranks_agree(synthetic: Path, tmp_path: Path) -> 
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sums = [json.loads((tmp_path / "sums" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert sums[0] == sums[1]
+    assert sums[0]["params"] == sums[1]["params"]
     assert sums[0]["world_size"] == 2
+
+
+@pytest.mark.skipif(not hasattr(torch.distributed, "is_available") or not torch.distributed.is_available(),
+                    reason="torch.distributed unavailable")
+def test_ddp_steps_where_one_rank_is_text_only_and_the_other_has_images_and_audio(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    """Two conversations, one per rank each step: the ranks run different modalities, yet every module runs on
+    both (no hang, no unused-parameter error) and their weights agree after each step."""
+    pair = [{"messages": [{"role": "user", "content": "just text, positive or negative?"},
+                          {"role": "assistant", "content": "positive"}]},
+            {"messages": [{"role": "user", "content": [{"type": "image", "image": "shapes/images/train_00000.png"},
+                                                       {"type": "audio", "audio": "tones/audio/train_00000.wav"},
+                                                       {"type": "text", "text": "colour, then digits?"}]},
+                          {"role": "assistant", "content": "red; one"}]}]
+    (synthetic / "chat_pair.jsonl").write_text("".join(json.dumps(x) + "\n" for x in pair))
+    recipe = yaml.safe_load((ROOT / "recipes" / "configs" / "chat-tiny.yaml").read_text())
+    recipe["model"]["decoder"]["tokenizer"] = str(ROOT / "assets" / "tiny-tokenizer")
+    recipe |= {"data": [{"task": "chat", "train": str(synthetic / "chat_pair.jsonl")}], "batch_size": 1,
+               "stages": [{"name": "train", "steps": 3}], "output_dir": str(tmp_path / "run"), "eval_every": 0}
+    (tmp_path / "pair.yaml").write_text(yaml.safe_dump(recipe))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "pair.yaml"), str(tmp_path / "sums")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "sums" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    steps = list(zip(*(r["kinds"] for r in ranks)))
+    assert len(steps) == 3 and all(sorted(step) == [[], ["audio", "image"]] for step in steps)
+    assert ranks[0]["params"] == ranks[1]["params"]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(decoder_arch: str) -> None:
