@@ -83,7 +83,7 @@ def test_tiny_recipe_trains_saves_and_evaluates(path: Path, synthetic: Path, tmp
     for ds in cfg.data:
         if ds.eval:
             task = mmtransfer.tasks.get_task(ds.task)
-            assert f"{ds.task}/{task.primary_metric}" in metrics
+            assert f"{ds.name or ds.task}/{task.primary_metric}" in metrics
     model = mmtransfer.load(tmp_path / "run" / "final")
     assert isinstance(model, mmtransfer.MultimodalGPT)
     assert (tmp_path / "run" / "curves.png").exists()
