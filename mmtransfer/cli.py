@@ -1,4 +1,4 @@
-"""Command line: ``mmtransfer caption|transcribe|answer|classify|demo|weights ...``."""
+"""Command line: ``mmtransfer chat|caption|transcribe|answer|classify|train|eval|demo|weights ...``."""
 
 from __future__ import annotations
 
@@ -41,9 +41,30 @@ def _run_inference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_chat(args: argparse.Namespace) -> int:
+    import mmtransfer
+
+    model = mmtransfer.load(args.checkpoint, device=args.device)
+    media = [{"type": kind, kind: path} for kind in ("image", "audio", "video") for path in getattr(args, kind)]
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": [*media, {"type": "text", "text": args.text}]})
+    print(model.chat(messages, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtransfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="one user turn (text, any number of images / clips / videos) -> the reply")
+    chat.add_argument("checkpoint", help="a directory written by save_pretrained / training")
+    chat.add_argument("text")
+    for kind in ("image", "audio", "video"):
+        chat.add_argument(f"--{kind}", action="append", default=[], metavar="PATH",
+                          help=f"a{'n' if kind != 'video' else ''} {kind} file, placed before the text; repeatable")
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.add_argument("--max-new-tokens", type=int, default=32)
+    chat.add_argument("--num-beams", type=int, default=1)
+    chat.add_argument("--device", default="cpu")
     _inference_parser(sub, "caption", "caption images", "images")
     _inference_parser(sub, "transcribe", "transcribe audio files", "audio")
     answer = _inference_parser(sub, "answer", "answer questions about one image", "questions")
@@ -55,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint")
     ev = sub.add_parser("eval", help="evaluate a saved model on a task's JSONL manifest")
     ev.add_argument("checkpoint")
-    ev.add_argument("--task", required=True, help="captioning | vqa | asr | classification")
-    ev.add_argument("--data", required=True, help="JSONL manifest")
+    ev.add_argument("--task", required=True, help="captioning | vqa | asr | classification | chat")
+    ev.add_argument("--data", required=True, help="JSONL manifest (chat: messages JSONL, LLaVA or ShareGPT file)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
@@ -81,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
+        "chat": _run_chat, "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
         "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,
         "make-data": _run_make_data,
     }
@@ -113,15 +134,19 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
     from mmtransfer.data import TaskDataset, read_manifest
+    from mmtransfer.data.conversations import read_conversations
     from mmtransfer.tasks import get_task
 
     model = mmtransfer.load(args.checkpoint, device=args.device)
     task = get_task(args.task)
     labels = model.config.labels if task.api == "classify" else None
-    samples = list(read_manifest(args.data, task, labels=labels))[: args.limit]
-    rate = model.encoders["audio"].sample_rate if task.modality == "audio" else None
+    manifest = read_conversations(args.data) if task.api == "chat" else read_manifest(args.data, task, labels=labels)
+    samples = list(manifest)[: args.limit]
+    audio = dict(model.encoders.items()).get("audio")
+    rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}
-    metrics = task.evaluate(model, TaskDataset(samples, task, sample_rate=rate), args.batch_size, **kwargs)
+    dataset = TaskDataset(samples, task, sample_rate=rate, video_frames=model.config.video_frames)
+    metrics = task.evaluate(model, dataset, args.batch_size, **kwargs)
     print(json.dumps(metrics, indent=2))
     return 0
 

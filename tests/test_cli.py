@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,28 @@ def test_inference_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith(image + "\t") and lines[1].startswith(audio + "\t")
     assert lines[3].split("\t")[1] in ("negative", "positive")
+
+
+def test_chat_command_takes_several_images_and_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "m")
+    image, audio = str(ROOT / "assets" / "sample.png"), str(ROOT / "assets" / "sample.wav")
+    args = ["chat", str(tmp_path / "m"), "which has more circles?", "--image", image, "--image", image,
+            "--audio", audio, "--max-new-tokens", "4"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.strip()
+    parts = [{"type": "image", "image": image}] * 2 + [{"type": "audio", "audio": audio}]
+    expected = mmtransfer.load(tmp_path / "m").chat(
+        [{"role": "user", "content": [*parts, {"type": "text", "text": "which has more circles?"}]}], max_new_tokens=4)
+    assert printed == expected
+
+
+def test_eval_command_on_conversations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_all(tmp_path / "data", n_train=4, n_test=4)
+    mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "m")
+    args = ["eval", str(tmp_path / "m"), "--task", "chat", "--data", str(data / "chat_mixed_test.jsonl"),
+            "--max-new-tokens", "3"]
+    assert main(args) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"exact_match", "bleu4"}
 
 
 def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
