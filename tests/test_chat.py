@@ -191,3 +191,29 @@ def test_malformed_conversations_are_clear_errors(plain: mmtransfer.MultimodalGP
                                                   problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         plain.chat(messages)
+
+
+def test_conversation_media_use_the_feature_cache_per_encoder(tmp_path: Path, plain: mmtransfer.MultimodalGPT,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmtransfer import modalities
+    from mmtransfer.data import FeatureCache
+    from mmtransfer.data.conversations import read_conversations
+    from mmtransfer.synthetic import write_all
+
+    data = write_all(tmp_path / "data", n_train=8, n_test=2)
+    caches = {k: FeatureCache(tmp_path / "cache", plain.encoders[k]) for k in ("image", "audio")}
+    manifest = read_conversations(data / "chat_mixed_train.jsonl")
+    dataset = TaskDataset(manifest, "chat", sample_rate=16000, cached={k: c.contains for k, c in caches.items()})
+    collate = Collator(plain, "chat", cache=caches)
+    cold = collate([dataset[i] for i in range(len(dataset))])
+    computed = {k: c.computed for k, c in caches.items()}
+    assert all(computed.values()) and not any(c.loaded for c in caches.values())
+    decoded = []
+    monkeypatch.setattr(modalities, "load_image", lambda x: decoded.append(x))
+    monkeypatch.setattr(modalities, "load_audio", lambda *a: decoded.append(a))
+    warm = collate([dataset[i] for i in range(len(dataset))])
+    assert not decoded and {k: c.computed for k, c in caches.items()} == computed
+    for kind in ("image", "audio"):
+        assert caches[kind].loaded == len(warm[kind]["features"])  # every item from the cache
+        assert torch.equal(cold[kind]["features"], warm[kind]["features"])
+    assert torch.equal(cold["input_ids"], warm["input_ids"]) and torch.equal(cold["labels"], warm["labels"])

@@ -21,7 +21,9 @@ class TaskDataset(Dataset):
     An item is the sample's fields with the media decoded in place (``image``: PIL RGB; ``audio``: float32
     mono [T] at ``sample_rate``, any input rate / channels / WAV or FLAC sub-format) plus ``target`` (str,
     the LM target), ``references`` (list[str]) and, for media tasks, ``file`` (the media path, which the
-    feature cache hashes) and ``sample_rate`` (audio).
+    feature cache hashes) and ``sample_rate`` (audio). A conversation sample (``messages``) keeps its messages
+    with each media part carrying ``raw`` (its decoded encoder items; a video's ``video_frames`` frames) and
+    ``file`` (its path).
 
     A file that fails to decode gives a ``Skip`` instead of an item (the collator drops it and counts it)
     and is recorded once in ``skipped``, or raises ``DataError`` with ``on_error="raise"``. DataLoader workers
@@ -30,8 +32,9 @@ class TaskDataset(Dataset):
     ``expand_targets=True`` makes one item per training target (each reference caption of an image);
     leave it off for evaluation, where each sample should count once.
 
-    ``cached(file) -> bool`` (a ``FeatureCache.contains``): files it accepts are not decoded, their item holds
-    ``None`` for the media (the collator reads their features from the cache, or decodes them if they are gone).
+    ``cached(file) -> bool`` (a ``FeatureCache.contains``; or a dict of them per encoder kind): files it accepts
+    are not decoded, their item (or part's ``raw``) holds ``None`` (the collator reads their features from the
+    cache, or decodes them if they are gone).
     """
 
     def __init__(
@@ -42,7 +45,7 @@ class TaskDataset(Dataset):
         sample_rate: int | None = None,
         on_error: str = "skip",
         expand_targets: bool = False,
-        cached: Callable[[str], bool] | None = None,
+        cached: Callable[[str], bool] | dict[str, Callable[[str], bool]] | None = None,
         video_frames: int = 8,
     ) -> None:
         check_on_error(on_error)
@@ -60,7 +63,9 @@ class TaskDataset(Dataset):
             for target in (self.task.targets(sample) if expand_targets else [self.task.target(sample)])
         ]
         self.skipped: list[Skip] = []
-        self.cached = cached
+        if callable(cached):  # one check: for the task's modality
+            cached = {self.task.modality: cached}
+        self.cached = dict(cached or {})
         self.video_frames = video_frames
 
     def __len__(self) -> int:
@@ -77,8 +82,8 @@ class TaskDataset(Dataset):
                 return item
             if modality is None:
                 return item
-            cached = self.cached is not None and isinstance(sample[modality], str) and self.cached(sample[modality])
-            item[modality] = None if cached else decode(modality, sample[modality], self.sample_rate)
+            item[modality] = None if self._is_cached(modality, sample[modality]) else decode(
+                modality, sample[modality], self.sample_rate)
         except (ValueError, OSError) as err:
             path, line = sample.get("source", ("<samples>", i))
             skip = Skip(path, line, str(err))
@@ -90,14 +95,18 @@ class TaskDataset(Dataset):
             item["sample_rate"] = self.sample_rate
         return item
 
+    def _is_cached(self, kind: str, value: Any) -> bool:
+        """Whether ``value`` is a file whose features the ``kind`` cache holds (so it need not be decoded)."""
+        return kind in self.cached and isinstance(value, str) and self.cached[kind](value)
+
     def _decoded(self, message: dict[str, Any]) -> dict[str, Any]:
         """A message whose media parts carry their decoded encoder items (``raw``) and path (``file``)."""
         content = []
         for part in parts(message):
             if part["type"] != "text":
-                spec = modality_of(part["type"])
-                value = part[part["type"]]
-                part = {**part, "raw": spec.load(part, self.sample_rate, self.video_frames)}
+                spec, value = modality_of(part["type"]), part[part["type"]]
+                cached = spec.name == spec.encoder and self._is_cached(spec.name, value)
+                part = {**part, "raw": None if cached else spec.load(part, self.sample_rate, self.video_frames)}
                 if isinstance(value, str):
                     part["file"] = value
             content.append(part)

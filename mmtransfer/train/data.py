@@ -108,7 +108,7 @@ def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size
 
 def _dataset(
     ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None, train: bool,
-    cache: FeatureCache | None = None,
+    caches: dict[str, FeatureCache] | None = None,
 ) -> TaskDataset:
     labels = model.config.labels if task.api == "classify" else None
     if task.api == "chat":
@@ -122,19 +122,20 @@ def _dataset(
     audio = dict(model.encoders.items()).get("audio")
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,
-                       cached=cache.contains if cache is not None else None, video_frames=model.config.video_frames)
+                       cached={k: c.contains for k, c in (caches or {}).items()}, video_frames=model.config.video_frames)
 
 
 def _train_loader(
     ds: DatasetConfig, task: Task, cfg: TrainConfig, model: MultimodalGPT, rank: int, world_size: int
 ) -> torch.utils.data.DataLoader:
-    cache = None
-    if cfg.feature_cache and task.modality is not None:
-        encoder = model.encoders[task.modality]
+    caches = {}
+    kinds = [task.modality] if task.modality is not None else list(model.encoders) if task.api == "chat" else []
+    for kind in kinds if cfg.feature_cache else []:
+        encoder = model.encoders[kind]
         if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
-            cache = FeatureCache(Path(cfg.feature_cache), encoder)
-    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, cache=cache)
-    collator = Collator(model, task, cache=cache, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
+            caches[kind] = FeatureCache(Path(cfg.feature_cache), encoder)
+    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, caches=caches)
+    collator = Collator(model, task, cache=caches, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
                         loss_on=ds.loss_on)
     return make_loader(dataset, collator, cfg.batch_size, shuffle=True, seed=cfg.seed,
                        bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)
