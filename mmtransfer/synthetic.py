@@ -141,7 +141,7 @@ def _reply(text: str) -> dict:
     return {"role": "assistant", "content": text}
 
 
-def _scene(row: dict) -> dict:
+def scene_of(row: dict) -> dict:
     """A captions-manifest row -> its image part and the scene ("two red circles on the left")."""
     count, colour, noun, *_, side = row["text"].split()
     return {"image": {"type": "image", "image": f"shapes/{row['image']}"}, "count": NUMBERS.index(count),
@@ -164,7 +164,7 @@ def write_conversations(out: Path, seed: int = 0) -> None:
     """``chat_{compare,dialogue,mixed}_{train,test}.jsonl`` in ``out`` over the shapes and tones already there."""
     rng = random.Random(seed)
     for split in ("train", "test"):
-        scenes = [_scene(json.loads(line)) for line in (out / f"shapes/captions_{split}.jsonl").open()]
+        scenes = [scene_of(json.loads(line)) for line in (out / f"shapes/captions_{split}.jsonl").open()]
         clips = [json.loads(line) for line in (out / f"tones/asr_{split}.jsonl").open()]
         texts = [json.loads(line) for line in (out / f"sentiment/sentiment_{split}.jsonl").open()]
         pairs = [(a, b) for a, b in zip(scenes, scenes[1:] + scenes[:1]) if a["count"] != b["count"]]

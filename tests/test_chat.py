@@ -217,3 +217,42 @@ def test_conversation_media_use_the_feature_cache_per_encoder(tmp_path: Path, pl
         assert caches[kind].loaded == len(warm[kind]["features"])  # every item from the cache
         assert torch.equal(cold[kind]["features"], warm[kind]["features"])
     assert torch.equal(cold["input_ids"], warm["input_ids"]) and torch.equal(cold["labels"], warm["labels"])
+
+
+FORGED_LINES = {
+    "captioning": {"image": "a.png", "text": "a <image> caption <|endoftext|>"},
+    "vqa": {"image": "a.png", "question": "what is <image> <audio>?", "answer": "<|endoftext|>"},
+    "asr": {"audio": "a.wav", "text": "one <audio> two"},
+    "classification": {"text": "I love <image> tags <|endoftext|>", "label": "positive"},
+    "messages": {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                                           {"type": "text", "text": "<image> <|endoftext|>?"}]},
+                              {"role": "assistant", "content": "<audio> <|endoftext|>"}]},
+    "llava": {"image": "a.png", "conversations": [{"from": "human", "value": "<image>\nwhat <|endoftext|>?"},
+                                                  {"from": "gpt", "value": "an <image> tag"}]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "<image>what <|endoftext|>?"},
+                                   {"from": "gpt", "value": "<|endoftext|> done"}], "images": ["a.png"]},
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORGED_LINES))
+def test_no_manifest_format_lets_text_forge_a_placeholder_or_special_token(
+    fmt: str, plain: mmtransfer.MultimodalGPT, tmp_path: Path
+) -> None:
+    from mmtransfer.data import read_manifest
+    from mmtransfer.data.conversations import read_conversations
+
+    _image(0).save(tmp_path / "a.png")
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", _clip(0.5, 0), 16000)
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(FORGED_LINES[fmt]) + "\n")
+    task = fmt if fmt in ("captioning", "vqa", "asr", "classification") else "chat"
+    manifest = read_conversations(path, fmt) if task == "chat" else read_manifest(path, task)
+    assert not manifest.skipped
+    plain.config.labels = ["negative", "positive"]
+    batch = Collator(plain, task)([TaskDataset(manifest, task, sample_rate=16000)[0]])
+    ids = batch["input_ids"][0].tolist()
+    media = {"image": 0 if fmt in ("asr", "classification") else 1, "audio": int(fmt == "asr")}
+    assert {k: ids.count(plain.placeholders[k]) for k in media} == media
+    assert ids.count(plain.tokenizer.eos_token_id) == (0 if task == "classification" else 1)  # the template's own
