@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,10 +23,12 @@ from mmtransfer.trainable import add_lora, apply_policy, check_policy
 
 @dataclass
 class Output:
-    """``loss`` (scalar, or None without targets) and ``logits``: [B, L, V] for the LM, [B, C] for a head."""
+    """``loss`` (scalar, or None without targets) and ``logits``: [B, L, V] for the LM, [B, C] for a head;
+    ``overflow``: rows left out of the loss because prefix + text exceeds the decoder's context."""
 
     loss: torch.Tensor | None
     logits: torch.Tensor
+    overflow: list[int] = field(default_factory=list)
 
 
 class MultimodalGPT(InferenceMixin, nn.Module):
@@ -111,9 +113,11 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        check: bool = True,
         **modal_inputs: dict[str, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Token ids + modality inputs -> (inputs_embeds [B, L, D], attention_mask, position_ids, labels)."""
+        """Token ids + modality inputs -> (inputs_embeds [B, L, D], attention_mask, position_ids, labels).
+        ``check``: raise when a row does not fit the decoder's context."""
         prefixes = {}
         for modality, inputs in modal_inputs.items():
             if inputs is not None:
@@ -126,7 +130,8 @@ class MultimodalGPT(InferenceMixin, nn.Module):
             for kind in self.encoders:
                 if modal_inputs.get(kind) is None:  # every rank must run every module each step (DDP / FSDP)
                     embeds = embeds + 0.0 * self._blank_prefix(kind).sum()
-        self.check_context(int(mask.sum(1).max()) if mask.numel() else 0)
+        if check:
+            self.check_context(int(mask.sum(1).max()) if mask.numel() else 0)
         return embeds, mask, positions, labels
 
     def _blank_prefix(self, kind: str) -> torch.Tensor:
@@ -165,15 +170,24 @@ class MultimodalGPT(InferenceMixin, nn.Module):
 
         Logits: [B, L, V] without labels; with labels, [B, k, V] for the last k positions (see
         ``_target_window``); [B, C] with a head."""
-        embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, image=image, audio=audio)
+        training = labels is not None or class_labels is not None
+        embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, check=not training,
+                                                     image=image, audio=audio)
+        overflow: list[int] = []
+        limit = context_length(self.decoder)
+        if training and limit is not None and mask.shape[1] > limit:
+            embeds, mask, positions, labels, class_labels, overflow = _fit(
+                limit, embeds, mask, labels, class_labels)
         if self.head is not None:
             out = self.decoder(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                 output_hidden_states=True, logits_to_keep=1,
             )
             logits = self.head(out.hidden_states[-1][:, -1])  # left-padded: the last position is real  [B, C]
-            loss = F.cross_entropy(logits, class_labels) if class_labels is not None else None
-            return Output(loss, logits)
+            loss = None
+            if class_labels is not None:  # 0 x logits when every row overflowed: the graph stays whole (DDP)
+                loss = F.cross_entropy(logits, class_labels) if len(overflow) < len(logits) else 0.0 * logits.sum()
+            return Output(loss, logits, overflow)
         if labels is None:
             out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
             return Output(None, out.logits)
@@ -183,7 +197,8 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         keep = _target_window(labels)
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                            labels=labels[:, -keep:], logits_to_keep=keep)
-        return Output(out.loss, out.logits)
+        loss = out.loss if bool(labels.ne(IGNORE_INDEX).any()) else 0.0 * out.logits.sum()
+        return Output(loss, out.logits, overflow)
 
     def sequence_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
         """Sum of log-probabilities of each row's target tokens: [B]. Used to score label words."""
@@ -208,6 +223,23 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         self.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         for encoder in self.encoders.values():
             encoder.set_grad_checkpointing(True)
+
+
+def _fit(
+    limit: int, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None,
+    class_labels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[int]]:
+    """Keep the last ``limit`` positions of left-padded rows: rows that fit are unchanged, the longer ones are
+    cut (possibly inside a media span) and take no part in the loss, so a training batch with a too-long
+    sample runs on instead of failing deep inside the decoder. Returns the new tensors and those rows."""
+    too_long = mask.sum(1) > limit  # [B]
+    embeds, mask = embeds[:, -limit:], mask[:, -limit:]
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    if labels is not None:
+        labels = labels[:, -limit:].masked_fill(too_long[:, None], IGNORE_INDEX)
+    if class_labels is not None:
+        class_labels = class_labels.masked_fill(too_long, IGNORE_INDEX)
+    return embeds, mask, positions, labels, class_labels, too_long.nonzero().flatten().tolist()
 
 
 def _target_window(labels: torch.Tensor) -> int:

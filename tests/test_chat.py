@@ -256,3 +256,46 @@ def test_no_manifest_format_lets_text_forge_a_placeholder_or_special_token(
     media = {"image": 0 if fmt in ("asr", "classification") else 1, "audio": int(fmt == "asr")}
     assert {k: ids.count(plain.placeholders[k]) for k in media} == media
     assert ids.count(plain.tokenizer.eos_token_id) == (0 if task == "classification" else 1)  # the template's own
+
+
+def test_a_conversation_with_more_media_than_the_context_fits_is_skipped_in_training(tmp_path: Path) -> None:
+    """The tiny decoder has 256 positions and an image takes 16: twenty images overflow. That row is left out
+    of the loss and reported as file:line, and training runs on; under on_error: raise it stops."""
+    import soundfile  # noqa: F401  (the synthetic data writes WAV files)
+    import yaml
+
+    from mmtransfer.data import DataError
+    from mmtransfer.synthetic import write_all
+    from mmtransfer.train import load_train_config, train
+
+    data = write_all(tmp_path / "data", n_train=4, n_test=2)
+    image = {"type": "image", "image": "shapes/images/train_00000.png"}
+    rows = [{"messages": [{"role": "user", "content": [image, {"type": "text", "text": "colour?"}]},
+                          {"role": "assistant", "content": "red"}]},
+            {"messages": [{"role": "user", "content": [image] * 20}, {"role": "assistant", "content": "many"}]}]
+    (data / "chat_long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = Path(__file__).resolve().parents[1]
+    recipe = yaml.safe_load((root / "recipes" / "configs" / "chat-tiny.yaml").read_text())
+    recipe["model"]["decoder"]["tokenizer"] = str(root / "assets" / "tiny-tokenizer")
+    recipe["model"]["decoder"]["config"]["n_positions"] = 256
+    recipe["model"]["image_encoder"]["data_config"] = {"input_size": [3, 128, 128], "crop_pct": 1.0}  # 4x4 grid
+    recipe |= {"data": [{"task": "chat", "train": str(data / "chat_long.jsonl")}], "batch_size": 2,
+               "stages": [{"name": "train", "steps": 2}], "output_dir": str(tmp_path / "run"), "eval_every": 0}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    train(load_train_config(tmp_path / "r.yaml"))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    with pytest.raises(DataError, match=r"chat_long.jsonl:2: prefixes \+ text exceed the decoder's context"):
+        train(load_train_config(tmp_path / "r.yaml", ["data.0.on_error=raise", f"output_dir={tmp_path / 'r2'}"]))
+
+
+def test_rows_past_the_context_leave_the_loss_of_the_others_unchanged(plain: mmtransfer.MultimodalGPT) -> None:
+    short = [_user(_img(0), "colour?"), {"role": "assistant", "content": "red"}]
+    long = [_user(*[_img(i) for i in range(1, 20)]), {"role": "assistant", "content": "many"}]  # 19 x 16 > 256
+    with torch.no_grad():
+        both = plain(**plain.processor([short, long], labels=True))
+        alone = plain(**plain.processor([short], labels=True))
+    assert both.overflow == [1] and alone.overflow == []
+    torch.testing.assert_close(both.loss, alone.loss, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="exceeds the decoder's context"):  # inference: a clear error
+        plain.chat(long[:1], max_new_tokens=1)

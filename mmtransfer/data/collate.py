@@ -30,8 +30,9 @@ class Collator:
     - per encoder kind with media in the batch (``image``, ``audio``): the encoder's inputs for every media
       item in placeholder order, or with a cache for that kind the cached ``{"features": [K, N, D], "mask":
       [K, N]}``. A video part gives ``video_frames`` image items.
-    - not tensors: ``task`` (name), ``references`` (list[list[str]]), ``n_skipped`` (items dropped) and
-      ``skipped`` (their ``Skip`` records).
+    - not tensors: ``task`` (name), ``references`` (list[list[str]]), ``sources`` ((file, line) per row),
+      ``n_skipped`` (items dropped), ``skipped`` (their ``Skip`` records) and ``on_error`` (for problems the
+      model finds later: a row whose prefixes and text exceed the decoder's context).
 
     Items are dropped (or raise ``DataError`` with ``on_error="raise"``) when their file did not decode (a
     ``Skip`` from the dataset), when the encoder's preprocessing rejects their media (e.g. audio shorter than
@@ -87,8 +88,10 @@ class Collator:
         batch: dict[str, Any] = {
             "task": self.task.name,
             "references": [x["references"] for x in items],
+            "sources": [x.get("source", ("<samples>", 0)) for x in items],
             "n_skipped": len(skipped),
             "skipped": skipped,
+            "on_error": self.on_error,
         }
         if not items:
             return batch

@@ -15,6 +15,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mmtransfer.builder import build_model
+from mmtransfer.data import DataError, Skip
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
@@ -39,6 +40,7 @@ class RunState:
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
     best: float | None = None
+    overflow: int = 0  # training rows left out because prefixes + text exceed the decoder's context
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -154,7 +156,9 @@ def _train_step(
 ) -> float:
     """One forward/backward/update. A non-finite loss or gradient skips the update (on every rank)."""
     with acc.accumulate(model_p):
-        loss = model_p(**TrainData.model_inputs(batch, acc.device)).loss
+        out = model_p(**TrainData.model_inputs(batch, acc.device))
+        loss = out.loss
+        _report_overflow(batch, out.overflow, state)
         if not _all_finite(acc, loss):
             opt.zero_grad(set_to_none=True)
             _count_nonfinite(state, cfg, f"loss {loss.item()}")
@@ -171,6 +175,18 @@ def _train_step(
         opt.zero_grad(set_to_none=True)
     state.nonfinite_in_row = 0
     return loss.item()
+
+
+def _report_overflow(batch: dict[str, Any], rows: list[int], state: RunState) -> None:
+    """Rows the model left out of the loss (prefixes + text past the decoder's context): skipped and counted
+    with ``file:line``, or ``DataError`` under ``on_error: raise``."""
+    for i in rows:
+        path, line = batch["sources"][i]
+        skip = Skip(str(path), line, "prefixes + text exceed the decoder's context (too many or too long media?)")
+        if batch.get("on_error") == "raise":
+            raise DataError(str(skip))
+        state.overflow += 1
+        tqdm.write(f"skipped {skip}")
 
 
 def _all_finite(acc: Accelerator, value: torch.Tensor) -> bool:
