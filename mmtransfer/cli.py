@@ -134,14 +134,12 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
     from mmtransfer.data import TaskDataset, read_manifest
-    from mmtransfer.data.conversations import read_conversations
     from mmtransfer.tasks import get_task
 
     model = mmtransfer.load(args.checkpoint, device=args.device)
     task = get_task(args.task)
     labels = model.config.labels if task.api == "classify" else None
-    manifest = read_conversations(args.data) if task.api == "chat" else read_manifest(args.data, task, labels=labels)
-    samples = list(manifest)[: args.limit]
+    samples = list(read_manifest(args.data, task, labels=labels))[: args.limit]
     audio = dict(model.encoders.items()).get("audio")
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}

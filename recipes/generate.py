@@ -1,4 +1,4 @@
-"""Run a saved model on inputs: ``python recipes/generate.py caption|transcribe|answer|classify CHECKPOINT ...``."""
+"""Run a saved model on inputs: ``python recipes/generate.py chat|caption|transcribe|answer|classify CHECKPOINT ...``."""
 
 import sys
 

@@ -11,6 +11,7 @@ Typical use::
 
 from mmtransfer.data.cache import FeatureCache
 from mmtransfer.data.collate import MODEL_INPUTS, Collator
+from mmtransfer.data.conversations import read_conversations
 from mmtransfer.data.datasets import TaskDataset
 from mmtransfer.data.loader import Mixture, make_loader
 from mmtransfer.data.manifest import DataError, Manifest, Skip, read_manifest
@@ -27,5 +28,6 @@ __all__ = [
     "Skip",
     "TaskDataset",
     "make_loader",
+    "read_conversations",
     "read_manifest",
 ]

@@ -90,13 +90,18 @@ def read_manifest(
     """Read and check every line. A bad line (malformed JSON, missing or empty field, a media path that
     escapes the manifest's directory or does not exist, a label not in ``labels``, unreadable audio header,
     audio longer than ``max_audio_seconds``) is skipped and recorded in ``Manifest.skipped``, or raises
-    ``DataError`` with ``on_error="raise"``.
+    ``DataError`` with ``on_error="raise"``. For the ``chat`` task the file is a conversation file, read by
+    ``mmtransfer.data.conversations.read_conversations`` (format told apart automatically).
 
     Each sample gets ``source`` = (manifest path, line); media paths become absolute; audio samples get
     ``duration`` (seconds, from the header) for length bucketing.
     """
     check_on_error(on_error)
     task = get_task(task)
+    if task.api == "chat":  # conversations have their own reader (messages, LLaVA, ShareGPT)
+        from mmtransfer.data.conversations import read_conversations
+
+        return read_conversations(path, on_error=on_error)
     path = Path(path)
     root = os.path.normpath(os.path.abspath(path.parent))
     manifest = Manifest(path)
