@@ -96,6 +96,9 @@ def check_conversation(messages: Sequence[Message], generation: bool | None = Fa
                 raise ValueError(f"message {i}: unknown part type {kind!r}; known: text, {', '.join(MODALITIES)}")
             if kind == "text" and not isinstance(part.get("text"), str):
                 raise ValueError(f"message {i}: a text part needs a string 'text'")
+            if kind != "text" and part.get(kind) is None and part.get("raw") is None:
+                raise ValueError(f"message {i}: a{'n' if kind[0] in 'aeiou' else ''} {kind} part needs its {kind} "
+                                 f"under '{kind}'")
             if kind != "text" and role != "user":
                 raise ValueError(f"message {i}: {kind} part in the {role} turn; media go in user turns")
     turns = [m["role"] for m in messages if m["role"] != "system"]
@@ -236,6 +239,9 @@ def _pieces(text: str, spans: list[tuple[int, int]]) -> list[tuple[str, str, boo
         return any(a <= start < b for a, b in spans)
 
     def template_text(start: int, end: int) -> None:
+        if SENTINELS.search(text, start, end):  # a sentinel without its partner: the template cut a content
+            raise ValueError("the chat template rewrites message content (e.g. cuts it at a marker), so user "
+                             "text could not be kept apart from control tokens; use another chat_template")
         edges = [start, *(c for c in cuts if start < c < end), end]
         out.extend(("template", text[a:b], labelled(a)) for a, b in zip(edges, edges[1:]) if b > a)
 

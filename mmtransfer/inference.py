@@ -16,6 +16,7 @@ import torch
 from mmtransfer.chat import Message, check_conversation
 from mmtransfer.processing import to_device
 from mmtransfer.prompts import DEFAULT_PROMPTS, user_turn
+from mmtransfer.splice import IGNORE_INDEX
 
 
 def _as_list(x: Any) -> tuple[list[Any], bool]:
@@ -107,6 +108,42 @@ class InferenceMixin:
         out = self._task_chat("answer", [{"question": q} for q in qs], {"image": items}, **gen_kwargs)
         return out[0] if single else out
 
+    def _label_scores(self, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """log p(target | prompt) for every prompt and target, as the assistant's turn: [B, C]. Each prompt runs
+        through the decoder once (its KV cache is then shared by the C targets) and the LM head runs only at
+        target positions, instead of once per (prompt, target) pair over every position."""
+        proc, n = self.processor, len(targets)
+        prompt_rows = proc.render([[{"role": "user", "content": p}] for p in prompts], add_generation_prompt=True)
+        pairs = proc.render([[{"role": "user", "content": p}, {"role": "assistant", "content": t}]
+                             for p in prompts for t in targets], labels=True, add_eos=False)
+        conts = [r.input_ids[len(prompt_rows[i // n].input_ids):] for i, r in enumerate(pairs)]
+        if any(c != [t for t in r.labels if t != IGNORE_INDEX] or not c for c, r in zip(conts, pairs)):
+            raise ValueError("the chat template renders the answer turn apart from its prompt; label scoring "
+                             "needs an answer that extends the prompt (use chat_template: plain)")
+        batch = to_device(proc.pad(prompt_rows), self.device)
+        embeds, mask, positions, _ = self.embed(batch["input_ids"], batch["attention_mask"])
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                           logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
+        scores = first.repeat_interleave(n, 0).gather(1, torch.tensor([[c[0]] for c in conts], device=mask.device))
+        width = max(len(c) for c in conts) - 1
+        if width:  # targets of several tokens: feed all but the last after the shared prompt
+            rest = torch.full((len(conts), width), self.tokenizer.pad_token_id, device=mask.device)
+            rest_mask = torch.zeros_like(rest)
+            for i, c in enumerate(conts):
+                rest[i, : len(c) - 1], rest_mask[i, : len(c) - 1] = torch.tensor(c[:-1]), 1
+            out.cache.batch_repeat_interleave(n)  # the prompts' cache, once per target
+            full_mask = torch.cat([mask.repeat_interleave(n, 0), rest_mask], 1)
+            start = mask.sum(1, keepdim=True).repeat_interleave(n, 0)  # [B*C, 1] next position of each row
+            logits = self.decoder(input_ids=rest, attention_mask=full_mask, cache=out.cache,
+                                  position_ids=start + torch.arange(width, device=mask.device)).logits
+            wanted = torch.full_like(rest, IGNORE_INDEX)
+            for i, c in enumerate(conts):
+                wanted[i, : len(c) - 1] = torch.tensor(c[1:])
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            scores = scores + (logp * (wanted != IGNORE_INDEX)).sum(1, keepdim=True)
+        return scores.view(len(prompts), n)
+
     @torch.inference_mode()
     def classify(
         self, texts: str | Sequence[str], shots: Sequence[tuple[str, str]] = (), batch_size: int = 16
@@ -125,13 +162,10 @@ class InferenceMixin:
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
             if self.head is not None:
-                batch = to_device(self.processor.tokenize(chunk), self.device)
+                batch = to_device(self.processor.tokenize(chunk, add_generation_prompt=True), self.device)
                 logits = self(batch["input_ids"], batch["attention_mask"]).logits  # [b, C]
                 preds += [labels[j] for j in logits.argmax(-1).tolist()]
                 continue
-            pairs = [p for p in chunk for _ in labels]
-            targets = [f" {y}" for _ in chunk for y in labels]
-            batch = to_device(self.processor.tokenize(pairs, targets, add_eos=False), self.device)
-            scores = self.sequence_logprobs(batch).view(len(chunk), len(labels))  # [b, C]
+            scores = self._label_scores(chunk, [f" {y}" for y in labels])  # [b, C]
             preds += [labels[j] for j in scores.argmax(-1).tolist()]
         return preds[0] if single else preds

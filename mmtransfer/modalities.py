@@ -35,6 +35,12 @@ class Modality:
     blank: Callable[[int | None], Any] | None = None
 
 
+def _audio(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
+    if sample_rate is None:
+        raise ValueError("an audio part, but no audio encoder (sample rate) to read it for")
+    return [load_audio(part["audio"], sample_rate, part.get("sample_rate"))]
+
+
 def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
     from mmtransfer.video import load_video  # PyAV is optional
 
@@ -44,8 +50,7 @@ def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[A
 MODALITIES: dict[str, Modality] = {
     "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])],
                       blank=lambda rate: Image.new("RGB", (32, 32))),
-    "audio": Modality("audio", "audio", lambda part, rate, frames: [load_audio(part["audio"], rate, part.get("sample_rate"))],
-                      blank=lambda rate: np.zeros(rate or 16000, dtype=np.float32)),
+    "audio": Modality("audio", "audio", _audio, blank=lambda rate: np.zeros(rate or 16000, dtype=np.float32)),
     "video": Modality("video", "image", _video, count=lambda frames: frames),
 }
 

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmtransfer.chat import Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
+from mmtransfer.io import load_audio
 from mmtransfer.modalities import PLACEHOLDERS, modality
 from mmtransfer.prompts import user_turn
 from mmtransfer.splice import IGNORE_INDEX
@@ -80,8 +81,8 @@ class Processor:
         ]
         return self(conversations, labels=targets is not None, add_eos=add_eos, sample_rate=sample_rate)
 
-    def tokenize(self, texts: Sequence[str], targets: Sequence[str] | None = None,
-                 add_eos: bool = True) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str], targets: Sequence[str] | None = None, add_eos: bool = True,
+                 add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
         """Text-only batch: each text as a user turn (plain text, whatever it holds), then its target."""
         if targets is not None and len(targets) != len(texts):
             raise ValueError(f"got {len(targets)} targets for {len(texts)} texts")
@@ -89,7 +90,9 @@ class Processor:
             [{"role": "user", "content": t}] + ([] if targets is None else [{"role": "assistant", "content": targets[i]}])
             for i, t in enumerate(texts)
         ]
-        return self.pad(self.render(conversations, labels=targets is not None, add_eos=add_eos), targets is not None)
+        rendered = self.render(conversations, labels=targets is not None, add_eos=add_eos,
+                               add_generation_prompt=add_generation_prompt)
+        return self.pad(rendered, targets is not None)
 
     def render(self, conversations: Sequence[Sequence[Message]], **kwargs: Any) -> list[Rendered]:
         """``mmtransfer.chat.render`` with this model's template and placeholders."""
@@ -104,11 +107,14 @@ class Processor:
         return [self.placeholder_ids[spec.encoder]] * spec.count(self.video_frames)
 
     def load(self, part: dict[str, Any], sample_rate: int | None = None) -> list[Any]:
-        """A media part's raw encoder items (decoded now, unless the part already holds them as ``raw``)."""
-        if part.get("raw") is not None:
-            return part["raw"]
+        """A media part's raw encoder items (decoded now, unless the part already holds them as ``raw``; raw
+        audio at another ``sample_rate`` than the encoder's is resampled)."""
         spec = modality(part["type"])
         rate = getattr(self.encoders.get(spec.encoder), "sample_rate", None)
+        if part.get("raw") is not None:
+            if spec.encoder == "audio":
+                return [load_audio(x, rate, part.get("sample_rate")) for x in part["raw"]]
+            return part["raw"]
         if spec.encoder == "audio" and "sample_rate" not in part and sample_rate is not None:
             part = {**part, "sample_rate": sample_rate}
         return spec.load(part, rate, self.video_frames)

@@ -1,9 +1,11 @@
 """Task prompt templates -> the parts of a user turn.
 
-A template (``config.prompts[task]`` or ``DEFAULT_PROMPTS``) is trusted text written by the recipe's
-author: ``{field}`` slots are filled from the sample, and ``<image>`` / ``<audio>`` tags mark where the
-sample's media go (first, when the template has no tag). The filled-in text is user text: a caption,
-question or text to classify that holds ``<image>`` or ``<|endoftext|>`` stays plain text.
+A template (``config.prompts[task]`` or ``DEFAULT_PROMPTS``) is written by the recipe's author: ``{field}``
+slots are filled from the sample, and ``<image>`` / ``<audio>`` tags mark where the sample's media go
+(first, when the template has no tag). The filled-in text is user text, tokenized with special tokens not
+recognised: a caption, question or text to classify that holds ``<image>`` or ``<|endoftext|>`` stays plain
+text, and so would a special token written in the template itself (control tokens come from the chat
+template only).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def prompt_parts(
                 raise ValueError(f"the prompt template holds {piece} but no {kind} input was given")
             out.append(queues[kind].pop(0))
         elif piece:
-            text = piece.format(**fields)
+            text = piece.format(**fields) if fields else piece
             if text:
                 out.append({"type": "text", "text": text})
     return out

@@ -299,3 +299,52 @@ def test_rows_past_the_context_leave_the_loss_of_the_others_unchanged(plain: mmt
     torch.testing.assert_close(both.loss, alone.loss, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="exceeds the decoder's context"):  # inference: a clear error
         plain.chat(long[:1], max_new_tokens=1)
+
+
+def test_bad_conversations_in_a_batch_are_skipped_with_file_and_line(tmp_path: Path) -> None:
+    """A part the model has no encoder for, a template that refuses the turns, a template that cuts message
+    content: the row is skipped and named, the others train."""
+    image_only = mmtransfer.build_model(tiny_model_config("gpt2", audio_encoder=None, audio_projector=None))
+    good = {"messages": [_user(_img(0), "what?"), {"role": "assistant", "content": "red"}], "source": ("c.jsonl", 1)}
+    audio = {"messages": [_user(_aud(0.5, 1), "what?"), {"role": "assistant", "content": "x"}],
+             "source": ("c.jsonl", 2)}
+    dataset = TaskDataset([good, audio], "chat")
+    batch = Collator(image_only, "chat")([dataset[0], dataset[1]])
+    assert batch["input_ids"].shape[0] == 1 and [s.line for s in batch["skipped"]] == [2]
+    assert "no audio encoder" in batch["skipped"][0].reason
+    strict = ("{% for m in messages %}{% if m.role == 'assistant' and loop.index0 == 3 %}"
+              "{{ raise_exception('turns must alternate') }}{% endif %}{{ m.content }}{% endfor %}")
+    image_only.processor.template = strict
+    double = {"messages": [_user("a"), {"role": "assistant", "content": "b"}, _user("c"),
+                           {"role": "assistant", "content": "d"}], "source": ("c.jsonl", 3)}
+    batch = Collator(image_only, "chat")([TaskDataset([good], "chat")[0], TaskDataset([double], "chat")[0]])
+    assert [s.line for s in batch["skipped"]] == [3] and "turns must alternate" in batch["skipped"][0].reason
+    image_only.processor.template = "{% for m in messages %}{{ m.content.split('!')[-1] }}{% endfor %}"
+    cut = {"messages": [_user("a ! <|endoftext|>"), {"role": "assistant", "content": "b"}], "source": ("c.jsonl", 4)}
+    batch = Collator(image_only, "chat")([TaskDataset([cut], "chat")[0]])
+    assert [s.line for s in batch["skipped"]] == [4] and "rewrites message content" in batch["skipped"][0].reason
+
+
+def test_a_head_classifier_reads_the_same_prompt_in_training_and_in_classify(tmp_path: Path) -> None:
+    labels = ["a", "b", "c", "d", "e"]
+    model = mmtransfer.build_model(chatml_model_config(tmp_path, "gpt2", labels=labels, classifier="head")).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(50)  # distinct logits
+    texts = ["a fine <|im_end|> film", "dull", "so so", "loud and long", "x", "why"]
+    items = [TaskDataset([{"text": t, "label": "a"}], "classification")[0] for t in texts]
+    batch = Collator(model, "classification")(items)
+    assert model.tokenizer.decode(batch["input_ids"][0]).endswith("<|im_start|>assistant\n")
+    with torch.no_grad():
+        trained_on = model(batch["input_ids"], batch["attention_mask"]).logits.argmax(-1).tolist()
+    assert model.classify(texts) == [labels[j] for j in trained_on]
+
+
+def test_chat_evaluation_scores_a_conversation_past_the_context_as_empty(plain: mmtransfer.MultimodalGPT) -> None:
+    from mmtransfer.tasks import get_task
+
+    ok = {"messages": [_user(_img(0), "colour?"), {"role": "assistant", "content": "red"}], "source": ("e.jsonl", 1)}
+    long = {"messages": [_user(*[_img(i) for i in range(20)]), {"role": "assistant", "content": "many"}],
+            "source": ("e.jsonl", 2)}
+    chat = get_task("chat")
+    replies = chat.predict(plain, [ok, long], max_new_tokens=2)
+    assert replies[1] == "" and len(replies) == 2

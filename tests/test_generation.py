@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import mmtransfer
+from tests.tiny_models import tiny_model_config
 
 
 def _images(n: int) -> list[Image.Image]:
@@ -93,3 +94,21 @@ def test_classify_zero_and_few_shot(tiny_model: mmtransfer.MultimodalGPT) -> Non
     assert tiny_model.classify(texts, batch_size=1) == zero
     few = tiny_model.classify(texts, shots=[("great", "positive"), ("bad", "negative")])
     assert set(few) <= {"negative", "positive"}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_label_scoring_with_a_shared_prompt_equals_scoring_each_pair(decoder_arch: str, lora: bool) -> None:
+    """``classify`` runs each prompt once and scores targets from its KV cache: the same log-probabilities as
+    running every (prompt, target) pair in full, for targets of one and of several tokens."""
+    cfg = tiny_model_config(decoder_arch) | ({"trainable": {"decoder": "lora"}} if lora else {})
+    model = mmtransfer.build_model(cfg).eval()
+    prompts = ["a fine film\nLabel:", "dull <image> <|endoftext|>\nLabel:", "x"]
+    targets = [" positive", " negative", " very mixed feelings indeed"]
+    with torch.no_grad():
+        shared = model._label_scores(prompts, targets)
+        pairs = model.processor.tokenize([p for p in prompts for _ in targets],
+                                         [t for _ in prompts for t in targets], add_eos=False)
+        each = model.sequence_logprobs(pairs).view(len(prompts), len(targets))
+    torch.testing.assert_close(shared, each, atol=1e-4, rtol=0)
+    model.config.labels = ["positive", "negative", "very mixed feelings indeed"]
+    assert model.classify(prompts) == [model.config.labels[j] for j in each.argmax(-1).tolist()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from mmtransfer.chat import Rendered
 from mmtransfer.data.cache import FeatureCache
@@ -16,6 +17,7 @@ from mmtransfer.tasks import Task, get_task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels")
 MEDIA_ERRORS = (ValueError, RuntimeError, OSError)
+RENDER_ERRORS = (ValueError, TemplateError)  # TemplateError: a chat template's raise_exception
 
 
 class Collator:
@@ -73,8 +75,8 @@ class Collator:
     def __call__(self, items: list[dict[str, Any] | Skip]) -> dict[str, Any]:
         skipped = [x for x in items if isinstance(x, Skip)]
         items = [x for x in items if not isinstance(x, Skip)]
-        rendered = self._render(items) if items else []
-        items, rendered = self._keep(items, rendered, self._text_problems(rendered), skipped)
+        rendered, problems = self._render(items)
+        items, rendered = self._keep(items, rendered, problems | self._text_problems(rendered), skipped)
         media: dict[str, Any] = {}
         if items:
             try:
@@ -101,21 +103,39 @@ class Collator:
             batch["class_labels"] = torch.tensor([self._class_index(x) for x in items])
         return batch
 
-    def _render(self, items: list[dict[str, Any]]) -> list[Rendered]:
-        """Each item's conversation as ids and labels (with a head: the prompt only)."""
+    def _render(self, items: list[dict[str, Any]]) -> tuple[list[Rendered | None], dict[int, str]]:
+        """Each item's conversation as ids and labels (with a head: the prompt only), and the items that
+        cannot be rendered (a part this model has no encoder for, a template that refuses the turns)."""
         head = self.class_names is not None
         conversations = [
             x["messages"] if "messages" in x else
             self.task.conversation(self.template, x, None if head else x["target"])
             for x in items
         ]
-        return self.processor.render(conversations, labels=not head, add_generation_prompt=head,
-                                     loss_on=self.loss_on, add_eos=self.task.add_eos)
 
-    def _text_problems(self, rendered: list[Rendered]) -> dict[int, str]:
+        def render(convs: list[Any]) -> list[Rendered]:
+            return self.processor.render(convs, labels=not head, add_generation_prompt=head,
+                                         loss_on=self.loss_on, add_eos=self.task.add_eos)
+
+        try:
+            return render(conversations), {}
+        except RENDER_ERRORS:  # find the rows at fault, one at a time
+            out: list[Rendered | None] = []
+            problems = {}
+            for i, conv in enumerate(conversations):
+                try:
+                    out += render([conv])
+                except RENDER_ERRORS as err:
+                    out.append(None)
+                    problems[i] = f"cannot render the conversation: {err}"
+            return out, problems
+
+    def _text_problems(self, rendered: list[Rendered | None]) -> dict[int, str]:
         """Rows too long for the decoder, or (with an LM) without a single target token."""
         problems = {}
         for i, r in enumerate(rendered):
+            if r is None:
+                continue
             if self.max_text_tokens and len(r.input_ids) > self.max_text_tokens:
                 problems[i] = f"text is {len(r.input_ids)} tokens, more than max_text_tokens={self.max_text_tokens}"
             elif self.class_names is None and all(t == IGNORE_INDEX for t in r.labels):
@@ -123,7 +143,7 @@ class Collator:
         return problems
 
     def _keep(
-        self, items: list[dict[str, Any]], rendered: list[Rendered], reasons: dict[int, str], skipped: list[Skip]
+        self, items: list[dict[str, Any]], rendered: list[Any], reasons: dict[int, str], skipped: list[Skip]
     ) -> tuple[list[dict[str, Any]], list[Rendered]]:
         """Report the items in ``reasons`` (raise, or record in ``skipped``) and drop them."""
         for i, reason in sorted(reasons.items()):

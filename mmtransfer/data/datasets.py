@@ -64,6 +64,8 @@ class TaskDataset(Dataset):
         ]
         self.skipped: list[Skip] = []
         if callable(cached):  # one check: for the task's modality
+            if self.task.modality is None:
+                raise ValueError(f"task '{self.task.name}': pass cached as a dict of checks per encoder kind")
             cached = {self.task.modality: cached}
         self.cached = dict(cached or {})
         self.video_frames = video_frames

@@ -20,7 +20,8 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def get_task(task: str | Task) -> Task:
-    """A task by name (``captioning``, ``vqa``, ``asr``, ``classification``); a ``Task`` is returned as is."""
+    """A task by name (``captioning``, ``vqa``, ``asr``, ``classification``, ``chat``); a ``Task`` is returned
+    as is."""
     return task if isinstance(task, Task) else TASKS.build(task)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from mmtransfer.chat import check_conversation, parts
 from mmtransfer.metrics import accuracy, bleu4, normalize_answer
 from mmtransfer.tasks.base import Sample, Task, register_task
+
+log = logging.getLogger(__name__)
 
 
 @register_task
@@ -35,8 +38,21 @@ class Chat(Task):
         return self.references(sample)[0]
 
     def _run(self, model: Any, samples: list[Sample], batch_size: int, **kwargs: Any) -> list[str]:
+        """The model's replies; a conversation it cannot take (e.g. longer than the decoder's context) is
+        logged with its file:line and scored as an empty reply, instead of ending the evaluation."""
         prompts = [s["messages"][: _last_assistant(s["messages"])[0]] for s in samples]
-        return model.chat(prompts, batch_size=batch_size, **kwargs)
+        try:
+            return model.chat(prompts, batch_size=batch_size, **kwargs)
+        except ValueError:
+            replies = []
+            for sample, prompt in zip(samples, prompts):
+                try:
+                    replies.append(model.chat(prompt, **kwargs))
+                except ValueError as err:
+                    path, line = sample.get("source", ("<samples>", 0))
+                    log.warning("%s:%s: scored as an empty reply: %s", path, line, err)
+                    replies.append("")
+            return replies
 
     def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
         refs = [normalize_answer(r[0]) for r in references]

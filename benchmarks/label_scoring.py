@@ -1,0 +1,77 @@
+"""Zero-shot label scoring speed: the prompt once with a shared KV cache (``classify``) against one full forward
+per (prompt, label) pair with the LM head on every position (how ``classify`` scored before).
+
+SmolLM2-135M, SST-2 dev sentences (the synthetic sentiment set when SST-2 is absent), the SST-2 prompt of
+``benchmarks/sst2.py``; both methods in one run, alternating chunks, so load changes hit both alike. Reports
+sentences/s of each, the ratio, and whether every prediction agrees.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/label_scoring.py --n 400 --out outputs/bench/label_scoring.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Results, base_parser, setup
+from sst2 import LABELS, TEMPLATE, read_tsv
+
+
+def sentences(data: Path, work: Path, n: int) -> tuple[list[str], str]:
+    """Up to ``n`` SST-2 dev sentences, or synthetic sentiment sentences when SST-2 is not there."""
+    dev = data / "sst2" / "dev.tsv"
+    if dev.exists():
+        rows = read_tsv(dev)[:n]
+        return [text for text, _ in rows], f"SST-2 dev ({len(rows)})"
+    from mmtransfer.synthetic import write_sentiment
+
+    write_sentiment(work / "sentiment", n_train=1, n_test=n)
+    rows = [json.loads(line) for line in (work / "sentiment" / "sentiment_test.jsonl").open()]
+    return [r["text"] for r in rows], f"synthetic sentiment ({n})"
+
+
+def main() -> None:
+    p = base_parser(__doc__.split("\n")[0], "label_scoring")
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args()
+    setup(args)
+    import torch
+
+    import mmtransfer
+
+    model = mmtransfer.build_model({"decoder": {"model": "HuggingFaceTB/SmolLM2-135M"}, "labels": list(LABELS),
+                                    "chat_template": "plain", "prompts": {"classify": TEMPLATE}}).eval()
+    texts, where = sentences(Path(args.data), Path(args.work), args.n)
+    prompts = [TEMPLATE.format(text=t) for t in texts]
+    targets = [f" {y}" for y in LABELS]
+    times = {"shared": 0.0, "pairs": 0.0}
+    preds: dict[str, list[int]] = {"shared": [], "pairs": []}
+    with torch.inference_mode():
+        for i in range(0, len(prompts), args.batch_size):
+            chunk = prompts[i : i + args.batch_size]
+            t0 = time.perf_counter()
+            preds["shared"] += model._label_scores(chunk, targets).argmax(-1).tolist()
+            t1 = time.perf_counter()
+            batch = model.processor.tokenize([q for q in chunk for _ in targets], targets * len(chunk), add_eos=False)
+            preds["pairs"] += model.sequence_logprobs(batch).view(len(chunk), -1).argmax(-1).tolist()
+            times["shared"] += t1 - t0
+            times["pairs"] += time.perf_counter() - t1
+    res = Results("label_scoring", args.out)
+    same = preds["shared"] == preds["pairs"]
+    rate = {k: len(prompts) / v for k, v in times.items()}
+    task = f"{where}, SmolLM2-135M zero-shot, 2 labels, batch {args.batch_size}"
+    res.add(task, "prompt once, shared KV cache, LM head on label tokens only (classify)", 0, None,
+            "sentences/s", rate["shared"], f"one forward per pair: {rate['pairs']:.2f}/s",
+            ratio=round(rate["shared"] / rate["pairs"], 2), identical_predictions=same)
+    res.add(task, "one full forward per (prompt, label) pair, LM head on every position (before)", 0, None,
+            "sentences/s", rate["pairs"])
+    res.finish()
+
+
+if __name__ == "__main__":
+    main()
