@@ -158,14 +158,16 @@ class InferenceMixin:
         template = self.prompt_template("classify")
         context = "".join(f"{template.format(text=t)} {y}\n\n" for t, y in shots)
         prompts = [context + template.format(text=t) for t in items]
-        preds: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i : i + batch_size]
+        order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))  # similar lengths batch together
+        preds: dict[int, str] = {}
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            chunk = [prompts[k] for k in rows]
             if self.head is not None:
                 batch = to_device(self.processor.tokenize(chunk, add_generation_prompt=True), self.device)
-                logits = self(batch["input_ids"], batch["attention_mask"]).logits  # [b, C]
-                preds += [labels[j] for j in logits.argmax(-1).tolist()]
-                continue
-            scores = self._label_scores(chunk, [f" {y}" for y in labels])  # [b, C]
-            preds += [labels[j] for j in scores.argmax(-1).tolist()]
-        return preds[0] if single else preds
+                scores = self(batch["input_ids"], batch["attention_mask"]).logits  # [b, C]
+            else:
+                scores = self._label_scores(chunk, [f" {y}" for y in labels])  # [b, C]
+            preds.update((k, labels[j]) for k, j in zip(rows, scores.argmax(-1).tolist()))
+        out = [preds[k] for k in range(len(prompts))]
+        return out[0] if single else out
