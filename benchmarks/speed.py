@@ -525,7 +525,8 @@ def memory_child(variant: str, device: str, batch_size: int) -> dict[str, float]
             "image_encoder": "frozen", "projectors": "full", "decoder": "lora" if lora else "full"}).to(b.device)
         if variant.endswith("+ckpt"):
             model.enable_gradient_checkpointing()
-        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+                   b.device)
         step = b.train_step(model, lambda: model(**batch).loss)
     before = peak_rss_mb()
     if b.device.type == "cuda":
@@ -565,20 +566,22 @@ def section_scaling(b: Bench, res: Results) -> None:
 
     ours = ours_captioner().to(b.device)
     for bs in (4, 8, 16, 32):
-        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+                   b.device)
         res.add("scaling: batch size (captioning, ViT-S frozen, MLP projector)", "ours", bs, None, "samples/s",
                 sps(ours, batch, bs), "")
     del ours
     bs = 8
     for queries in (16, 32, 64, 128):
         model = ours_captioner(projector={"name": "resampler", "num_queries": queries}).to(b.device)
-        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+                   b.device)
         res.add("scaling: prefix length (resampler queries, bs 8)", "ours", queries, None, "samples/s",
                 sps(model, batch, bs), "")
     for seconds in (2, 4, 8, 16):
         model = ours_asr(seconds=seconds).to(b.device)
-        batch = to(model.processor.from_prompts(["<audio>Transcript:"] * bs, targets=captions(bs), audio=waves(bs, seconds),
-                                   sample_rate=16000), b.device)
+        batch = to(model.processor.from_prompts(["<audio>Transcript:"] * bs, targets=captions(bs),
+                                                audio=waves(bs, seconds), sample_rate=16000), b.device)
         res.add("scaling: audio duration (Whisper-tiny size, window = clip, k=4, bs 8)", "ours", f"{seconds:g} s",
                 None, "samples/s", sps(model, batch, bs), "")
 

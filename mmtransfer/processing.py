@@ -87,7 +87,8 @@ class Processor:
         if targets is not None and len(targets) != len(texts):
             raise ValueError(f"got {len(targets)} targets for {len(texts)} texts")
         conversations = [
-            [{"role": "user", "content": t}] + ([] if targets is None else [{"role": "assistant", "content": targets[i]}])
+            [{"role": "user", "content": t}]
+            + ([] if targets is None else [{"role": "assistant", "content": targets[i]}])
             for i, t in enumerate(texts)
         ]
         rendered = self.render(conversations, labels=targets is not None, add_eos=add_eos,

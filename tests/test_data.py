@@ -169,8 +169,8 @@ def test_undecodable_file_is_skipped_at_load_time_and_counted(
     assert dataset.skipped[0].line == 3 and "could not read image" in dataset.skipped[0].reason
     batch = Collator(model, "captioning")([dataset[i] for i in range(4)])
     assert batch["n_skipped"] == 1 and batch["input_ids"].shape[0] == 3 and len(batch["references"]) == 3
-    assert Collator(model, "captioning")([dataset[2]]).keys() == {"task", "references", "sources", "n_skipped", "skipped",
-                                                                  "on_error"}
+    keys = {"task", "references", "sources", "n_skipped", "skipped", "on_error"}
+    assert Collator(model, "captioning")([dataset[2]]).keys() == keys
     with pytest.raises(DataError, match=f"{caption_manifest}:3: could not read image"):
         TaskDataset(manifest, "captioning", on_error="raise")[2]
 

@@ -46,7 +46,8 @@ def test_tokenize_masks_prompt_and_padding_and_batches_like_single_rows(
         n = int(mask[i].sum())
         assert mask[i].tolist() == [0] * (ids.shape[1] - n) + [1] * n  # left padding only
         clean = SENTINELS.sub("", target)  # the renderer's private-use sentinels are removed from user text
-        n_target = len(model.tokenizer(clean, add_special_tokens=False, split_special_tokens=True)["input_ids"]) + add_eos
+        target_ids = model.tokenizer(clean, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        n_target = len(target_ids) + add_eos
         assert (labels[i, : ids.shape[1] - n_target] == IGNORE_INDEX).all()  # padding and prompt
         assert torch.equal(labels[i, ids.shape[1] - n_target :], ids[i, ids.shape[1] - n_target :])
         alone = tok([prompt], [target], add_eos=add_eos)
@@ -111,7 +112,8 @@ def _too_long(model: mmtransfer.MultimodalGPT, items: list, limit: int | None) -
     out = []
     for x in items:
         if isinstance(x, dict):
-            n = int(model.processor.from_prompts(["<image>"], [x["target"]], images=[x["image"]])["attention_mask"].sum())
+            batch = model.processor.from_prompts(["<image>"], [x["target"]], images=[x["image"]])
+            n = int(batch["attention_mask"].sum())
             if n > limit:
                 out.append(x)
     return out

@@ -186,7 +186,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(decoder_arch: str) -> N
         model = mmtransfer.build_model(cfg).train()
         if checkpointing:
             model.enable_gradient_checkpointing()
-        batch = model.processor.from_prompts(["<image> what?"], targets=[" red"], images=[Image.new("RGB", (32, 32), "red")])
+        red = [Image.new("RGB", (32, 32), "red")]
+        batch = model.processor.from_prompts(["<image> what?"], targets=[" red"], images=red)
         model(**batch).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
@@ -200,7 +201,8 @@ def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmt
     from mmtransfer.train.optim import make_optimizer, param_groups
 
     tiny_model.set_trainable(TrainableConfig(decoder="full", projectors="full"))
-    batch = tiny_model.processor.from_prompts(["<image> what?"], targets=[" red"], images=[Image.new("RGB", (32, 32), "red")])
+    red = [Image.new("RGB", (32, 32), "red")]
+    batch = tiny_model.processor.from_prompts(["<image> what?"], targets=[" red"], images=red)
     start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     after = []
     for fused in (True, False):

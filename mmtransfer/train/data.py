@@ -122,7 +122,8 @@ def _dataset(
     audio = dict(model.encoders.items()).get("audio")
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,
-                       cached={k: c.contains for k, c in (caches or {}).items()}, video_frames=model.config.video_frames)
+                       cached={k: c.contains for k, c in (caches or {}).items()},
+                       video_frames=model.config.video_frames)
 
 
 def _train_loader(
