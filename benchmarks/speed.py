@@ -516,7 +516,7 @@ def memory_child(variant: str, device: str, batch_size: int) -> dict[str, float]
         model = build_ved(vit_config(VIT_S), SMOLLM2).to(b.device)
         ours = ours_captioner()  # the small default: only its tokenizer and preprocessing are used
         labels, _ = peer_labels(ours, captions(bs), b.device)
-        pixels = ours.processor.preprocess("image", images(bs), None)["pixel_values"].to(b.device)
+        pixels = ours.processor.preprocess("image", images(bs))["pixel_values"].to(b.device)
         del ours
         step = b.train_step(model, lambda: model(pixel_values=pixels, labels=labels).loss)
     else:
