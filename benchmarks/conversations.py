@@ -32,44 +32,40 @@ QUESTIONS = {"colour": "what colour are the shapes?", "shape": "what shape are t
 
 
 def answer(scene: dict, prop: str) -> str:
-    from mmtransfer.synthetic import NUMBERS
+    from mmtransfer.synthetic import NUMBERS  # mmtransfer after setup(): it sets HF_HUB_OFFLINE
 
     return NUMBERS[scene["count"]] if prop == "count" else scene[prop]
-
-
-def _user(*content: object) -> dict:
-    return {"role": "user", "content": [{"type": "text", "text": c} if isinstance(c, str) else c for c in content]}
 
 
 def _chat(*turns: dict) -> dict:
     return {"messages": list(turns)}
 
 
-def _reply(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
 def compare_rows(scenes: list[dict], n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(two-image conversations, the same with the first image only) for ``n`` pairs with different counts."""
+    from mmtransfer.synthetic import assistant_message, user_message
+
     both, first = [], []
     while len(both) < n:
         a, b = rng.sample(scenes, 2)
         if a["count"] == b["count"]:
             continue
-        reply = _reply("the first" if a["count"] > b["count"] else "the second")
-        both.append(_chat(_user(a["image"], b["image"], "which image has more shapes?"), reply))
-        first.append(_chat(_user(a["image"], "which image has more shapes?"), reply))
+        reply = assistant_message("the first" if a["count"] > b["count"] else "the second")
+        both.append(_chat(user_message(a["image"], b["image"], "which image has more shapes?"), reply))
+        first.append(_chat(user_message(a["image"], "which image has more shapes?"), reply))
     return both, first
 
 
 def dialogue_rows(scenes: list[dict], n: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(two-turn conversations, their second turn alone) for ``n`` (scene A, scene B, property) draws."""
+    from mmtransfer.synthetic import assistant_message, user_message
+
     full, alone = [], []
     for _ in range(n):
         a, b = rng.sample(scenes, 2)
         prop = rng.choice(list(QUESTIONS))
-        second = [_user(b["image"], "and in this one?"), _reply(answer(b, prop))]
-        full.append(_chat(_user(a["image"], QUESTIONS[prop]), _reply(answer(a, prop)), *second))
+        second = [user_message(b["image"], "and in this one?"), assistant_message(answer(b, prop))]
+        full.append(_chat(user_message(a["image"], QUESTIONS[prop]), assistant_message(answer(a, prop)), *second))
         alone.append(_chat(*second))
     return full, alone
 

@@ -133,11 +133,12 @@ def write_sentiment(out_dir: Path, n_train: int = 400, n_test: int = 100, seed: 
         _write_jsonl(out_dir / f"sentiment_{split}.jsonl", rows)
 
 
-def _user(*content: dict | str) -> dict:
+def user_message(*content: dict | str) -> dict:
+    """A user turn of parts; strings become text parts."""
     return {"role": "user", "content": [{"type": "text", "text": c} if isinstance(c, str) else c for c in content]}
 
 
-def _reply(text: str) -> dict:
+def assistant_message(text: str) -> dict:
     return {"role": "assistant", "content": text}
 
 
@@ -151,13 +152,13 @@ def scene_of(row: dict) -> dict:
 def compare_conversation(a: dict, b: dict) -> dict:
     """Two scenes with different counts: which image has more shapes?"""
     answer = "the first" if a["count"] > b["count"] else "the second"
-    return {"messages": [_user(a["image"], b["image"], "which image has more shapes?"), _reply(answer)]}
+    return {"messages": [user_message(a["image"], b["image"], "which image has more shapes?"), assistant_message(answer)]}
 
 
 def dialogue_conversation(scene: dict) -> dict:
     """Two turns about one scene: its colour, then (depending on the first answer) its count."""
-    return {"messages": [_user(scene["image"], "what colour are the shapes?"), _reply(scene["colour"]),
-                         _user("and how many are there?"), _reply(NUMBERS[scene["count"]])]}
+    return {"messages": [user_message(scene["image"], "what colour are the shapes?"), assistant_message(scene["colour"]),
+                         user_message("and how many are there?"), assistant_message(NUMBERS[scene["count"]])]}
 
 
 def write_conversations(out: Path, seed: int = 0) -> None:
@@ -176,10 +177,10 @@ def write_conversations(out: Path, seed: int = 0) -> None:
             scene, text = scenes[i % len(scenes)], texts[i % len(texts)]
             options = [
                 dialogue[i % len(dialogue)],
-                {"messages": [_user(audio, "which digits are played?"), _reply(clip["text"])]},
-                {"messages": [_user(scene["image"], audio, "colour, then digits?"),
-                              _reply(f"{scene['colour']}; {clip['text']}")]},
-                {"messages": [_user(f"{text['text']}. positive or negative?"), _reply(text["label"])]},
+                {"messages": [user_message(audio, "which digits are played?"), assistant_message(clip["text"])]},
+                {"messages": [user_message(scene["image"], audio, "colour, then digits?"),
+                              assistant_message(f"{scene['colour']}; {clip['text']}")]},
+                {"messages": [user_message(f"{text['text']}. positive or negative?"), assistant_message(text["label"])]},
             ]
             mixed.append(rng.choice(options + compare[i % max(len(compare), 1) :][:1]))  # a tiny split may have none
         for name, rows in (("compare", compare), ("dialogue", dialogue), ("mixed", mixed)):
