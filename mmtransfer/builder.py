@@ -9,6 +9,7 @@ import torch
 from mmtransfer.config import ModelConfig, from_dict
 from mmtransfer.decoder import hidden_size, load_decoder, load_tokenizer
 from mmtransfer.encoders import build_encoder
+from mmtransfer.errors import ConfigError
 from mmtransfer.modalities import ENCODER_KINDS
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.projectors import build_projector
@@ -47,8 +48,8 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
 def _build_encoder(modality: str, cfg: dict[str, Any]):
     cfg = dict(cfg)
     if "name" not in cfg:
-        raise ValueError(f"{modality}_encoder: needs a 'name' (see mmtransfer.list_encoders())")
+        raise ConfigError(f"{modality}_encoder: needs a 'name' (see mmtransfer.list_encoders())")
     encoder = build_encoder(cfg.pop("name"), **cfg)
     if encoder.modality != modality:
-        raise ValueError(f"{modality}_encoder: '{type(encoder).__name__}' is a {encoder.modality} encoder")
+        raise ConfigError(f"{modality}_encoder: '{type(encoder).__name__}' is a {encoder.modality} encoder")
     return encoder

@@ -34,6 +34,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from mmtransfer.errors import InputError
 from mmtransfer.splice import IGNORE_INDEX
 
 Message = dict[str, Any]
@@ -79,35 +80,35 @@ def check_conversation(messages: Sequence[Message], generation: bool | None = Fa
     from mmtransfer.modalities import MODALITIES
 
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("a conversation must be a non-empty list of messages")
+        raise InputError("a conversation must be a non-empty list of messages")
     for i, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"message {i}: expected an object with 'role' and 'content'")
+            raise InputError(f"message {i}: expected an object with 'role' and 'content'")
         role = message["role"]
         if role not in ROLES:
-            raise ValueError(f"message {i}: unknown role {role!r}; roles are {', '.join(ROLES)}")
+            raise InputError(f"message {i}: unknown role {role!r}; roles are {', '.join(ROLES)}")
         if not isinstance(message["content"], (str, list)):
-            raise ValueError(f"message {i}: content must be a string or a list of parts")
+            raise InputError(f"message {i}: content must be a string or a list of parts")
         if role == "system" and i > 1:
-            raise ValueError(f"message {i}: a system message may only come first")
+            raise InputError(f"message {i}: a system message may only come first")
         for part in parts(message):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind != "text" and kind not in MODALITIES:
-                raise ValueError(f"message {i}: unknown part type {kind!r}; known: text, {', '.join(MODALITIES)}")
+                raise InputError(f"message {i}: unknown part type {kind!r}; known: text, {', '.join(MODALITIES)}")
             if kind == "text" and not isinstance(part.get("text"), str):
-                raise ValueError(f"message {i}: a text part needs a string 'text'")
+                raise InputError(f"message {i}: a text part needs a string 'text'")
             if kind != "text" and part.get(kind) is None and part.get("raw") is None:
-                raise ValueError(f"message {i}: a{'n' if kind[0] in 'aeiou' else ''} {kind} part needs its {kind} "
+                raise InputError(f"message {i}: a{'n' if kind[0] in 'aeiou' else ''} {kind} part needs its {kind} "
                                  f"under '{kind}'")
             if kind != "text" and role != "user":
-                raise ValueError(f"message {i}: {kind} part in the {role} turn; media go in user turns")
+                raise InputError(f"message {i}: {kind} part in the {role} turn; media go in user turns")
     turns = [m["role"] for m in messages if m["role"] != "system"]
     if turns and turns[0] == "assistant":
-        raise ValueError("the first turn after the system message is the assistant's; it must be the user's")
+        raise InputError("the first turn after the system message is the assistant's; it must be the user's")
     if generation and (not turns or turns[-1] != "user"):
-        raise ValueError("the last message must be the user's: the model writes the assistant turn that follows")
+        raise InputError("the last message must be the user's: the model writes the assistant turn that follows")
     if generation is False and "assistant" not in turns:
-        raise ValueError("the conversation has no assistant turn to learn from")
+        raise InputError("the conversation has no assistant turn to learn from")
 
 
 def template_of(tokenizer: PreTrainedTokenizerBase, choice: str) -> str | None:
@@ -136,7 +137,7 @@ def render(
     ``loss_on="last"``); ``add_eos=False`` leaves EOS off assistant turns in the plain template (label
     scoring). Two batched tokenizer calls for the whole list."""
     if loss_on not in LOSS_ON:
-        raise ValueError(f"loss_on: '{loss_on}' is not one of {LOSS_ON}")
+        raise InputError(f"loss_on: '{loss_on}' is not one of {LOSS_ON}")
     plain_bos = tokenizer.bos_token if template is None and tokenizer.bos_token and _adds_bos(tokenizer) else ""
 
     def string(messages: Sequence[Message], generation_prompt: bool) -> str:
@@ -163,7 +164,7 @@ def _assemble(
     for kind, _, labelled in pieces:
         if kind == "media":
             if n_media == len(media):
-                raise ValueError("the chat template repeats a media part")
+                raise InputError("the chat template repeats a media part")
             new = media_ids(media[n_media])
             n_media += 1
         else:
@@ -171,7 +172,7 @@ def _assemble(
         ids += new
         labels += new if labelled else [IGNORE_INDEX] * len(new)
     if n_media != len(media):
-        raise ValueError(f"the chat template kept {n_media} of {len(media)} media parts")
+        raise InputError(f"the chat template kept {n_media} of {len(media)} media parts")
     return Rendered(ids, labels, media)
 
 
@@ -222,7 +223,7 @@ def _assistant_spans(
         before = string(messages[:k], True)
         through = string(messages[: k + 1], False)
         if not (through.startswith(before) and full.startswith(through)):
-            raise ValueError(
+            raise InputError(
                 "the chat template renders a turn differently depending on what follows it, so assistant "
                 "turns cannot be located; use loss_on: last or another chat_template"
             )
@@ -240,7 +241,7 @@ def _pieces(text: str, spans: list[tuple[int, int]]) -> list[tuple[str, str, boo
 
     def template_text(start: int, end: int) -> None:
         if SENTINELS.search(text, start, end):  # a sentinel without its partner: the template cut a content
-            raise ValueError("the chat template rewrites message content (e.g. cuts it at a marker), so user "
+            raise InputError("the chat template rewrites message content (e.g. cuts it at a marker), so user "
                              "text could not be kept apart from control tokens; use another chat_template")
         edges = [start, *(c for c in cuts if start < c < end), end]
         out.extend(("template", text[a:b], labelled(a)) for a, b in zip(edges, edges[1:]) if b > a)

@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
+DEBUG_ENV = "MMTRANSFER_DEBUG"
+
 
 def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, inputs: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_)
@@ -54,6 +56,8 @@ def _run_chat(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtransfer", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a config / data / input error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     chat = sub.add_parser("chat", help="one user turn (text, any number of images / clips / videos) -> the reply")
     chat.add_argument("checkpoint", help="a directory written by save_pretrained / training")
@@ -96,9 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error (``MMTransferError``: config, data, weights, input) prints one line,
+    ``mmtransfer: error: <where>: <problem>``, and returns 2; ``--debug`` or ``MMTRANSFER_DEBUG=1`` shows
+    its traceback. Any other exception is a bug and keeps its traceback."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
+
+    from mmtransfer.errors import MMTransferError
 
     hf_logging.set_verbosity_error()
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -106,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,
         "make-data": _run_make_data,
     }
-    if args.command in handlers:
-        return handlers[args.command](args)
-    return args.func(args)
+    try:
+        return handlers[args.command](args) if args.command in handlers else args.func(args)
+    except MMTransferError as err:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"mmtransfer: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -134,10 +147,12 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
     from mmtransfer.data import TaskDataset, read_manifest
+    from mmtransfer.extras import require
     from mmtransfer.tasks import get_task
 
-    model = mmtransfer.load(args.checkpoint, device=args.device)
     task = get_task(args.task)
+    require(task.scorers, f"evaluating {task.name}")
+    model = mmtransfer.load(args.checkpoint, device=args.device)
     labels = model.config.labels if task.api == "classify" else None
     samples = list(read_manifest(args.data, task, labels=labels))[: args.limit]
     audio = dict(model.encoders.items()).get("audio")

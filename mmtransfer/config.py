@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -12,11 +13,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mmtransfer.errors import ConfigError
+
 C = TypeVar("C")
-
-
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the field (and file, when known)."""
 
 
 @dataclass
@@ -81,9 +80,15 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(fields)}"
-        )
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; {hint}valid keys: {', '.join(sorted(fields))}"
+                          if where else f"{cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and n not in data]
+    if required:
+        raise ConfigError(f"{where}.{required[0]}: missing (required)" if where else
+                          f"{cls.__name__}: missing required key(s) {required}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

@@ -19,6 +19,7 @@ from transformers import (
 
 from mmtransfer import weights
 from mmtransfer.config import DecoderConfig
+from mmtransfer.errors import ConfigError
 from mmtransfer.modalities import PLACEHOLDERS
 
 
@@ -28,7 +29,7 @@ def load_decoder(cfg: DecoderConfig) -> PreTrainedModel:
         hf_config = dict(cfg.config)
         model_type = hf_config.pop("model_type", None)
         if model_type is None:
-            raise ValueError("decoder.config: needs a 'model_type' (e.g. 'gpt2', 'llama')")
+            raise ConfigError("decoder.config: needs a 'model_type' (e.g. 'gpt2', 'llama')")
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **hf_config))
     if not cfg.pretrained:
         hf_config = AutoConfig.from_pretrained(weights.resolve(cfg.model))
@@ -42,7 +43,7 @@ def load_tokenizer(cfg: DecoderConfig, directory: str | None = None) -> PreTrain
     source = directory or weights.resolve_tokenizer(cfg.tokenizer or cfg.model)
     tok = AutoTokenizer.from_pretrained(source)
     if len(tok) == 0 or tok.eos_token_id is None:
-        raise ValueError(f"tokenizer from '{source}' is empty or has no EOS token; check the files there")
+        raise ConfigError(f"tokenizer from '{source}' is empty or has no EOS token; check the files there")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

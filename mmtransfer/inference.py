@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mmtransfer.chat import Message, check_conversation
+from mmtransfer.errors import InputError
 from mmtransfer.processing import to_device
 from mmtransfer.prompts import DEFAULT_PROMPTS, user_turn
 from mmtransfer.splice import IGNORE_INDEX
@@ -104,7 +105,7 @@ class InferenceMixin:
         items, single = _as_list(images)
         qs, _ = _as_list(questions)
         if len(qs) != len(items):
-            raise ValueError(f"got {len(qs)} questions for {len(items)} images")
+            raise InputError(f"got {len(qs)} questions for {len(items)} images")
         out = self._task_chat("answer", [{"question": q} for q in qs], {"image": items}, **gen_kwargs)
         return out[0] if single else out
 
@@ -118,7 +119,7 @@ class InferenceMixin:
                              for p in prompts for t in targets], labels=True, add_eos=False)
         conts = [r.input_ids[len(prompt_rows[i // n].input_ids):] for i, r in enumerate(pairs)]
         if any(c != [t for t in r.labels if t != IGNORE_INDEX] or not c for c, r in zip(conts, pairs)):
-            raise ValueError("the chat template renders the answer turn apart from its prompt; label scoring "
+            raise InputError("the chat template renders the answer turn apart from its prompt; label scoring "
                              "needs an answer that extends the prompt (use chat_template: plain)")
         batch = to_device(proc.pad(prompt_rows), self.device)
         embeds, mask, positions, _ = self.embed(batch["input_ids"], batch["attention_mask"])
@@ -154,7 +155,7 @@ class InferenceMixin:
         items, single = _as_list(texts)
         labels = self.config.labels
         if not labels:
-            raise ValueError("classify() needs config.labels, the class names")
+            raise InputError("classify() needs config.labels, the class names")
         template = self.prompt_template("classify")
         context = "".join(f"{template.format(text=t)} {y}\n\n" for t, y in shots)
         prompts = [context + template.format(text=t) for t in items]

@@ -12,13 +12,15 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 
+from mmtransfer.errors import InputError, MissingFileError
+
 PathLike = str | os.PathLike
 
 
 def _existing_file(path: PathLike, kind: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{kind} file not found: {path}")
+        raise MissingFileError(f"{kind} file not found: {path}")
     return path
 
 
@@ -37,12 +39,12 @@ def load_image(item: PathLike | Image.Image) -> Image.Image:
                 image = Image.open(path)
                 image.load()  # decode now so truncated files fail here, not later in a transform
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(
+            raise InputError(
                 f"image file {path} is too large to decode ({err}); raise PIL.Image.MAX_IMAGE_PIXELS if you "
                 "trust it"
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ValueError(f"could not read image file {path}: {err}") from err
+            raise InputError(f"could not read image file {path}: {err}") from err
     if image.mode == "RGB":
         return image
     if "A" in image.getbands() or "transparency" in image.info:
@@ -57,7 +59,7 @@ def _array_to_mono(wave: np.ndarray) -> np.ndarray:
     if wave.ndim == 1:
         return wave
     if wave.ndim != 2:
-        raise ValueError(f"audio array must be 1-D or 2-D, got shape {wave.shape}")
+        raise InputError(f"audio array must be 1-D or 2-D, got shape {wave.shape}")
     return wave.mean(axis=0 if wave.shape[0] <= wave.shape[1] else 1)
 
 
@@ -79,12 +81,12 @@ def load_audio(
         try:
             frames, rate = sf.read(path, dtype="float32", always_2d=True)  # [T, C]
         except RuntimeError as err:  # soundfile's LibsndfileError
-            raise ValueError(f"could not read audio file {path}: {err}") from err
+            raise InputError(f"could not read audio file {path}: {err}") from err
         wave, name = frames.mean(axis=1), str(path)
     if wave.size == 0:
-        raise ValueError(f"audio is empty: {name}")
+        raise InputError(f"audio is empty: {name}")
     if not np.isfinite(wave).all():  # float WAV/FLAC can hold NaN or inf; they would poison a whole batch
-        raise ValueError(f"audio has NaN or infinite samples: {name}")
+        raise InputError(f"audio has NaN or infinite samples: {name}")
     if rate != target_rate:
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target_rate).numpy()
     return np.ascontiguousarray(wave, dtype=np.float32)

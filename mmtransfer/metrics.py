@@ -21,6 +21,8 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from mmtransfer.extras import require
+
 APOSTROPHES = "'\u2019"
 NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
@@ -77,6 +79,7 @@ def _coco_inputs(
 def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU-4 in [0, 1] as COCO computes it (pycocoevalcap ``Bleu``: "closest" reference length for
     the brevity penalty), over any number of references per prediction."""
+    require(["pycocoevalcap"], "BLEU-4")
     from pycocoevalcap.bleu.bleu import Bleu
 
     gts, res = _coco_inputs(predictions, references)
@@ -88,6 +91,7 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     """CIDEr-D as COCO computes it (pycocoevalcap ``Cider``: clipped tf-idf n-gram similarity, Gaussian
     length penalty, sigma 6, x10). Corpus-level: idf comes from all references, so score the whole eval
     set at once (a single item scores 0). Papers report it x100 (e.g. 1.10 here = 110)."""
+    require(["pycocoevalcap"], "CIDEr-D")
     from pycocoevalcap.cider.cider import Cider
 
     gts, res = _coco_inputs(predictions, references)
@@ -127,6 +131,7 @@ def _normalized_pairs(predictions: Sequence[str], references: Sequence[str]) -> 
 
 def wer(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus word error rate (jiwer): total word edits / total reference words, after ``normalize_text``."""
+    require(["jiwer"], "WER / CER")
     import jiwer
 
     preds, refs = _normalized_pairs(predictions, references)
@@ -135,6 +140,7 @@ def wer(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def cer(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus character error rate (jiwer) after ``normalize_text``; spaces count as characters."""
+    require(["jiwer"], "WER / CER")
     import jiwer
 
     preds, refs = _normalized_pairs(predictions, references)
@@ -143,6 +149,7 @@ def cer(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Fraction of exact label matches (scikit-learn)."""
+    require(["sklearn"], "accuracy")
     from sklearn.metrics import accuracy_score
 
     _check_lengths(predictions, references)
@@ -152,6 +159,7 @@ def accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
 def macro_f1(predictions: Sequence[str], references: Sequence[str]) -> float:
     """F1 averaged over the classes that occur in the references or predictions (scikit-learn; a class
     never predicted correctly scores 0)."""
+    require(["sklearn"], "macro F1")
     from sklearn.metrics import f1_score
 
     _check_lengths(predictions, references)

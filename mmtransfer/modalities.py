@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmtransfer.errors import InputError
 from mmtransfer.io import load_audio, load_image
 
 # encoder kind -> the placeholder token that stands for one of its prefixes
@@ -37,7 +38,7 @@ class Modality:
 
 def _audio(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
     if sample_rate is None:
-        raise ValueError("an audio part, but no audio encoder (sample rate) to read it for")
+        raise InputError("an audio part, but no audio encoder (sample rate) to read it for")
     return [load_audio(part["audio"], sample_rate, part.get("sample_rate"))]
 
 
@@ -58,5 +59,5 @@ MODALITIES: dict[str, Modality] = {
 def modality(name: str) -> Modality:
     """The table entry of a part type; ValueError lists the known ones."""
     if name not in MODALITIES:
-        raise ValueError(f"unknown part type '{name}'; known: text, {', '.join(MODALITIES)}")
+        raise InputError(f"unknown part type '{name}'; known: text, {', '.join(MODALITIES)}")
     return MODALITIES[name]

@@ -11,15 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mmtransfer.config import ModelConfig, TrainableConfig
 from mmtransfer.chat import template_of
+from mmtransfer.config import ModelConfig, TrainableConfig
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.encoders.base import Encoder
+from mmtransfer.errors import ConfigError
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.modalities import MODALITIES
 from mmtransfer.processing import Processor
 from mmtransfer.splice import IGNORE_INDEX, splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy
+
 
 @dataclass
 class Output:
@@ -54,13 +56,13 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         self.head = None
         if config.classifier == "head":
             if not config.labels:
-                raise ValueError("classifier 'head' needs config.labels (the class names)")
+                raise ConfigError("classifier 'head' needs config.labels (the class names)")
             self.head = nn.Linear(hidden_size(decoder), len(config.labels))
         elif config.classifier != "lm":
-            raise ValueError(f"classifier: '{config.classifier}' is not 'lm' or 'head'")
+            raise ConfigError(f"classifier: '{config.classifier}' is not 'lm' or 'head'")
         self.placeholders = placeholder_ids(tokenizer)
         if config.video_frames < 1:
-            raise ValueError(f"video_frames: must be at least 1, got {config.video_frames}")
+            raise ConfigError(f"video_frames: must be at least 1, got {config.video_frames}")
         self.processor = Processor(tokenizer, dict(self.encoders.items()), template_of(tokenizer, config.chat_template),
                                    config.video_frames)
         self.set_trainable(config.trainable)
@@ -152,7 +154,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         limit = context_length(self.decoder)
         if limit is not None and length + new_tokens > limit:
             extra, fix = (f" + {new_tokens} new tokens", " or lower max_new_tokens") if new_tokens else ("", "")
-            raise ValueError(
+            raise ConfigError(
                 f"input of {length} positions (prefix + prompt + target){extra} exceeds the decoder's context of "
                 f"{limit}: shorten the text, use fewer prefix tokens{fix}"
             )

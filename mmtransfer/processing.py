@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mmtransfer.chat import Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
+from mmtransfer.errors import InputError
 from mmtransfer.io import load_audio
 from mmtransfer.modalities import PLACEHOLDERS, modality
 from mmtransfer.prompts import user_turn
@@ -71,9 +72,9 @@ class Processor:
         given = {"image": images, "audio": audio}
         for kind, items in given.items():
             if items is not None and len(items) != len(prompts):
-                raise ValueError(f"got {len(items)} {kind} inputs for {len(prompts)} prompts")
+                raise InputError(f"got {len(items)} {kind} inputs for {len(prompts)} prompts")
         if targets is not None and len(targets) != len(prompts):
-            raise ValueError(f"got {len(targets)} targets for {len(prompts)} prompts")
+            raise InputError(f"got {len(targets)} targets for {len(prompts)} prompts")
         conversations = [
             user_turn(p, {}, {k: [{"type": k, k: v[i]}] for k, v in given.items() if v is not None},
                       None if targets is None else targets[i])
@@ -85,7 +86,7 @@ class Processor:
                  add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
         """Text-only batch: each text as a user turn (plain text, whatever it holds), then its target."""
         if targets is not None and len(targets) != len(texts):
-            raise ValueError(f"got {len(targets)} targets for {len(texts)} texts")
+            raise InputError(f"got {len(targets)} targets for {len(texts)} texts")
         conversations = [
             [{"role": "user", "content": t}]
             + ([] if targets is None else [{"role": "assistant", "content": targets[i]}])
@@ -104,7 +105,7 @@ class Processor:
         spec = modality(part["type"])
         if spec.encoder not in self.encoders:
             takes = sorted(self.encoders) or "text only"
-            raise ValueError(f"this model has no {spec.encoder} encoder for a {part['type']} part; it takes {takes}")
+            raise InputError(f"this model has no {spec.encoder} encoder for a {part['type']} part; it takes {takes}")
         return [self.placeholder_ids[spec.encoder]] * spec.count(self.video_frames)
 
     def load(self, part: dict[str, Any], sample_rate: int | None = None) -> list[Any]:
@@ -136,7 +137,7 @@ class Processor:
         """Left-pad rendered rows: ``input_ids``, ``attention_mask`` (and ``labels``) [B, T]."""
         width = max((len(r.input_ids) for r in rendered), default=0)
         if width == 0:
-            raise ValueError("every input is empty: nothing to condition on")
+            raise InputError("every input is empty: nothing to condition on")
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rendered), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rendered), width), dtype=torch.long)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mmtransfer.errors import InputError
 from mmtransfer.modalities import PLACEHOLDERS
 
 DEFAULT_PROMPTS = {
@@ -39,7 +40,7 @@ def prompt_parts(
         if i % 2:  # a tag
             kind = _KIND_OF_TAG[piece]
             if not queues.get(kind):
-                raise ValueError(f"the prompt template holds {piece} but no {kind} input was given")
+                raise InputError(f"the prompt template holds {piece} but no {kind} input was given")
             out.append(queues[kind].pop(0))
         elif piece:
             text = piece.format(**fields) if fields else piece

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from mmtransfer.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -33,7 +35,7 @@ class Registry(Generic[T]):
         try:
             return self._builders[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} '{name}'; valid {self.kind}s: {', '.join(self.names())}"
             ) from None
 

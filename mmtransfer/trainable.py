@@ -13,6 +13,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from mmtransfer.config import LoraConfig
+from mmtransfer.errors import ConfigError
 
 POLICIES = ("frozen", "full", "last:N", "lora")
 
@@ -24,7 +25,7 @@ def check_policy(policy: str, field_name: str, allow_lora: bool = False) -> None
         ok = policy[5:].isdigit() and int(policy[5:]) > 0
     if not ok:
         valid = [p for p in POLICIES if allow_lora or p != "lora"]
-        raise ValueError(f"trainable.{field_name}: '{policy}' is not one of {valid}")
+        raise ConfigError(f"trainable.{field_name}: '{policy}' is not one of {valid}")
 
 
 def layer_stack(module: nn.Module) -> nn.ModuleList:
@@ -32,7 +33,7 @@ def layer_stack(module: nn.Module) -> nn.ModuleList:
     timm, HF and torch models alike), found without assuming any model's attribute names."""
     stacks = [m for m in module.modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 1]
     if not stacks:
-        raise ValueError(f"{type(module).__name__} has no layer stack to apply a last:N policy to")
+        raise ConfigError(f"{type(module).__name__} has no layer stack to apply a last:N policy to")
     return max(stacks, key=len)
 
 

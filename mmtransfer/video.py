@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from mmtransfer.errors import InputError, MissingFileError
+
 if TYPE_CHECKING:
     import av
 
@@ -25,7 +27,7 @@ def _sample_indices(n: int, num_frames: int) -> list[int]:
 
 def _frames(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
     if not container.streams.video:
-        raise ValueError("no video stream")
+        raise InputError("no video stream")
     return container.decode(container.streams.video[0])
 
 
@@ -51,10 +53,10 @@ def load_video(item: PathLike | list[Image.Image], num_frames: int) -> list[Imag
     when present (a pass that counts otherwise, or when the metadata overstates it).
     """
     if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        raise InputError(f"num_frames must be >= 1, got {num_frames}")
     if isinstance(item, (list, tuple)):
         if not item:
-            raise ValueError("empty list of video frames")
+            raise InputError("empty list of video frames")
         return [item[i].convert("RGB") for i in _sample_indices(len(item), num_frames)]
     try:
         import av
@@ -62,7 +64,7 @@ def load_video(item: PathLike | list[Image.Image], num_frames: int) -> list[Imag
         raise ImportError("reading video needs PyAV: pip install av") from err
     path = Path(item).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"video file not found: {path}")
+        raise MissingFileError(f"video file not found: {path}")
     try:
         with av.open(str(path)) as container:
             n = container.streams.video[0].frames if container.streams.video else 0
@@ -71,12 +73,12 @@ def load_video(item: PathLike | list[Image.Image], num_frames: int) -> list[Imag
             with av.open(str(path)) as container:
                 n = sum(1 for _ in _frames(container))
             if n == 0:
-                raise ValueError("no frames")
+                raise InputError("no frames")
             frames = _pick(path, n, num_frames)
             if frames is None:
-                raise ValueError("frame count changed between passes")
+                raise InputError("frame count changed between passes")
     except (av.FFmpegError, OSError, ValueError) as err:
-        raise ValueError(f"could not read video file {path}: {err}") from err
+        raise InputError(f"could not read video file {path}: {err}") from err
     return frames
 
 

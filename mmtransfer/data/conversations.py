@@ -19,6 +19,7 @@ from typing import Any
 
 from mmtransfer.chat import ROLES, check_conversation, parts
 from mmtransfer.data.manifest import Manifest, Skip, _media_path, check_on_error, report
+from mmtransfer.errors import ConfigError, MissingFileError
 from mmtransfer.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,16 @@ def read_conversations(
 
     A bad record (malformed JSON, not an object, not UTF-8, a lone surrogate, a check that fails, and with
     ``check`` no assistant turn) is left out and recorded in ``Manifest.skipped``, or raises ``DataError``
-    under ``on_error="raise"``. A file that cannot be opened raises FileNotFoundError.
+    under ``on_error="raise"``. A file that cannot be opened raises MissingFileError.
     """
     check_on_error(on_error)
     if fmt not in FORMATS:
-        raise ValueError(f"fmt: '{fmt}' is not one of {FORMATS}")
+        raise ConfigError(f"fmt: '{fmt}' is not one of {FORMATS}")
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise FileNotFoundError(f"cannot open conversation file {path}: {err.strerror}") from None
+        raise MissingFileError(f"{path}: cannot open the conversation file: {err.strerror}") from None
     is_array = path.suffix.lower() == ".json" and re.match(rb"\s*\[", data) is not None
     records = _array_records(data) if is_array else _jsonl_records(data)
     fmt = _detect(records) if fmt == "auto" else fmt

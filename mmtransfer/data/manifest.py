@@ -19,15 +19,12 @@ from typing import Any, NamedTuple
 
 import soundfile as sf
 
+from mmtransfer.errors import ConfigError, DataError, MissingFileError
 from mmtransfer.tasks import Sample, Task, get_task
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_SKIPS = 10  # per manifest; the full list is in ``Manifest.skipped``
 ON_ERROR = ("skip", "raise")
-
-
-class DataError(ValueError):
-    """A bad sample under ``on_error="raise"``; the message starts with ``manifest:line:``."""
 
 
 class Skip(NamedTuple):
@@ -52,7 +49,7 @@ def report(skip: Skip, on_error: str, skipped: list[Skip]) -> None:
 
 def check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error: '{on_error}' is not one of {ON_ERROR}")
+        raise ConfigError(f"on_error: '{on_error}' is not one of {ON_ERROR}")
 
 
 @dataclass
@@ -105,7 +102,11 @@ def read_manifest(
     path = Path(path)
     root = os.path.normpath(os.path.abspath(path.parent))
     manifest = Manifest(path)
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except OSError as err:
+        raise MissingFileError(f"{path}: cannot open the manifest: {err.strerror}") from None
+    with f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue

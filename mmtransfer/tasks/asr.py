@@ -19,6 +19,7 @@ class ASR(Task):
     api = "transcribe"
     required_fields = ("audio", "text")
     primary_metric = "wer"
+    scorers = ("jiwer",)  # the packages its metrics import
     higher_is_better = False
 
     def references(self, sample: Sample) -> list[str]:

@@ -42,6 +42,7 @@ class Task:
     aliases: ClassVar[dict[str, str]] = {}  # manifest key -> the field it stands for
     prompt_keys: ClassVar[tuple[str, ...]] = ()  # fields that fill the prompt template
     primary_metric: ClassVar[str] = ""
+    scorers: ClassVar[tuple[str, ...]] = ()  # the optional packages ``score`` imports (checked at a run's start)
     higher_is_better: ClassVar[bool] = True
     add_eos: ClassVar[bool] = True  # append EOS to training targets (generation tasks learn to stop)
 

@@ -23,6 +23,7 @@ class Captioning(Task):
     list_fields = ("text",)
     aliases: ClassVar[dict[str, str]] = {"captions": "text"}
     primary_metric = "cider_d"
+    scorers = ("pycocoevalcap",)  # the packages its metrics import
 
     def references(self, sample: Sample) -> list[str]:
         return as_list(sample["text"])

@@ -24,6 +24,7 @@ class Chat(Task):
     api = "chat"
     required_fields = ("messages",)
     primary_metric = "exact_match"
+    scorers = ("pycocoevalcap", "sklearn")  # the packages its metrics import
 
     def normalize(self, record: Mapping[str, Any]) -> Sample:
         if "messages" not in record:

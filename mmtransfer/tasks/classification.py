@@ -23,6 +23,7 @@ class Classification(Task):
     required_fields = ("text", "label")
     prompt_keys = ("text",)
     primary_metric = "accuracy"
+    scorers = ("sklearn",)  # the packages its metrics import
     add_eos = False
 
     def references(self, sample: Sample) -> list[str]:

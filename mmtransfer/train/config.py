@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from mmtransfer.chat import LOSS_ON
-from mmtransfer.data.conversations import FORMATS
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
+from mmtransfer.data.conversations import FORMATS
+from mmtransfer.extras import require
+from mmtransfer.tasks import get_task
 
 
 @dataclass
@@ -68,7 +70,8 @@ class TrainConfig:
     eval_batch_size: int = 16
     eval_every: int = 0  # steps; 0: only at the end
     save_every: int = 0  # steps; 0: only at the end (and the best checkpoint)
-    log_every: int = 10
+    log_every: int = 10  # log.jsonl / TensorBoard: one record per task every N steps (mean loss over them)
+    tensorboard: bool = False  # also write TensorBoard events under <output_dir>/tensorboard (extra: tensorboard)
     output_dir: str = "outputs/run"
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -80,6 +83,7 @@ class TrainConfig:
     max_new_tokens: int = 32
     init_from: str | None = None  # a saved model directory to start from (e.g. after joint pretraining)
     fallback: str | None = None  # a recipe to run instead, loudly, when pretrained weights are missing
+    source: str = "config"  # where this config came from (load_train_config sets the file): errors name it
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -87,6 +91,7 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     path = Path(path)
     data = apply_overrides(load_yaml(path), list(overrides))
     cfg = train_config_from_dict(data, where=str(path))
+    cfg.source = str(path)
     for ds in cfg.data:
         ds.train = _resolve(path, ds.train)
         ds.eval = _resolve(path, ds.eval) if ds.eval else None
@@ -121,8 +126,17 @@ def _as_list(value: Any) -> list[Any]:
 def _validate(cfg: TrainConfig, where: str) -> None:
     if not cfg.data:
         raise ConfigError(f"{where}: data: needs at least one dataset")
-    if not cfg.stages or any(s.steps <= 0 for s in cfg.stages):
-        raise ConfigError(f"{where}: stages: each stage needs steps > 0")
+    if not cfg.stages:
+        raise ConfigError(f"{where}: stages: needs at least one stage")
+    for i, stage in enumerate(cfg.stages):
+        if stage.steps <= 0:
+            raise ConfigError(f"{where}: stages[{i}].steps: must be > 0, got {stage.steps}")
+    for name in ("batch_size", "eval_batch_size", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{where}: {name}: must be >= 1, got {getattr(cfg, name)}")
+    for name in ("eval_every", "save_every", "num_workers"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{where}: {name}: must be >= 0, got {getattr(cfg, name)}")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"{where}: precision: '{cfg.precision}' is not auto, fp32, bf16 or fp16")
     for i, ds in enumerate(cfg.data):
@@ -134,6 +148,20 @@ def _validate(cfg: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: data[{i}].loss_on: '{ds.loss_on}' is not one of {', '.join(LOSS_ON)}")
         if ds.format not in FORMATS:
             raise ConfigError(f"{where}: data[{i}].format: '{ds.format}' is not one of {', '.join(FORMATS)}")
+    _check_packages(cfg, where)
+
+
+def _check_packages(cfg: TrainConfig, where: str) -> None:
+    """The optional packages the run will need (eval scorers, TensorBoard), checked before it starts."""
+    for i, ds in enumerate(cfg.data):
+        try:
+            task = get_task(ds.task)
+        except KeyError as err:
+            raise ConfigError(f"{where}: data[{i}].task: {err.args[0]}") from None
+        if ds.eval:
+            require(task.scorers, f"{where}: data[{i}]: evaluating {task.name}")
+    if cfg.tensorboard:
+        require(["tensorboard"], f"{where}: tensorboard")
 
 
 def _resolve(config_path: Path, value: str) -> str:

@@ -18,6 +18,7 @@ from mmtransfer.data import (
     read_manifest,
 )
 from mmtransfer.data.conversations import read_conversations
+from mmtransfer.errors import ConfigError, DataError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
@@ -91,7 +92,7 @@ def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size
     """Read every manifest (bad lines reported and skipped, or raised, per ``on_error``) and build loaders."""
     names = [ds.name or ds.task for ds in cfg.data]
     if len(set(names)) != len(names):
-        raise ValueError(f"data: dataset names must differ (set 'name' when two share a task), got {names}")
+        raise ConfigError(f"data: dataset names must differ (set 'name' when two share a task), got {names}")
     loaders, weights, eval_sets = {}, {}, {}
     for name, ds in zip(names, cfg.data):
         task = get_task(ds.task)
@@ -118,7 +119,7 @@ def _dataset(
                                  max_audio_seconds=ds.max_audio_seconds)
     samples = list(manifest)[:limit] if limit else list(manifest)
     if not samples:
-        raise ValueError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
+        raise DataError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
     audio = dict(model.encoders.items()).get("audio")
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,

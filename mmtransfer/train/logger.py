@@ -1,4 +1,4 @@
-"""Run logging: ``log.jsonl`` always, TensorBoard when installed, a PNG of the curves at the end."""
+"""Run logging: ``log.jsonl`` always, TensorBoard when the recipe asks, a PNG of the curves at the end."""
 
 from __future__ import annotations
 
@@ -10,34 +10,47 @@ from typing import Any
 class RunLogger:
     """Collects training and eval records on the main process (a no-op elsewhere)."""
 
-    def __init__(self, out_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, out_dir: Path, enabled: bool = True, every: int = 1, tensorboard: bool = False) -> None:
+        """``every``: write one training record per task every that many steps, its loss the mean over them."""
         self.enabled = enabled
         self.out_dir = out_dir
+        self.every = every
         self.records: list[dict[str, Any]] = []
+        self.window: dict[str, list[float]] = {}  # task -> losses since the last record
         self.tb = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self.file = (out_dir / "log.jsonl").open("a")
-        try:
+        if tensorboard:  # the run checked at its start that the package is there
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-        except ImportError:  # TensorBoard is optional
-            self.tb = None
 
     def _write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
-    def log_train(self, step: int, stage: str, task: str, loss: float, lr: float, samples_s: float) -> None:
+    def log_train(
+        self, step: int, stage: str, task: str, loss: float, lr: float, samples_s: float, last: bool = False
+    ) -> None:
+        """Record a step's loss; every ``every`` steps (and at a stage's ``last`` step) write the window's
+        mean loss per task (``steps``: how many steps it averages)."""
         if not self.enabled:
             return
-        self._write({"step": step, "stage": stage, "task": task, "loss": loss, "lr": lr, "samples_s": samples_s})
+        self.window.setdefault(task, []).append(loss)
+        if step % self.every and not last:
+            return
+        for name, losses in self.window.items():
+            mean = sum(losses) / len(losses)
+            self._write({"step": step, "stage": stage, "task": name, "loss": mean, "steps": len(losses), "lr": lr,
+                         "samples_s": samples_s})
+            if self.tb is not None:
+                self.tb.add_scalar(f"loss/{name}", mean, step)
         if self.tb is not None:
-            self.tb.add_scalar(f"loss/{task}", loss, step)
             self.tb.add_scalar("lr", lr, step)
+        self.window = {}
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from mmtransfer.builder import build_model
 from mmtransfer.data import DataError, Skip
+from mmtransfer.errors import ConfigError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
@@ -50,7 +51,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     set_seed(cfg.seed)
     resume_dir = out / "checkpoint"
     resuming = resume and ckpt.exists(resume_dir)
-    model = _initial_model(cfg, resume_dir if resuming else None)
+    try:
+        model = _initial_model(cfg, resume_dir if resuming else None)
+    except ConfigError as err:  # the model config's messages name the field; add the recipe file
+        raise ConfigError(f"{cfg.source}: model: {err}") from err
     _place(model, acc, cfg)
     data = build_data(cfg, model, rank=acc.process_index, world_size=acc.num_processes)
     state = RunState()
@@ -58,7 +62,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         saved = ckpt.read_state(resume_dir)
         state = RunState(**saved["run"])
         data.load_state_dict(saved["data"])
-    logger = RunLogger(out, enabled=acc.is_main_process)
+    logger = RunLogger(out, enabled=acc.is_main_process, every=cfg.log_every, tensorboard=cfg.tensorboard)
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.step, disable=not acc.is_main_process,
                desc="train", dynamic_ncols=True)
     for index, stage in enumerate(cfg.stages[state.stage :], start=state.stage):
@@ -138,7 +142,8 @@ def _run_stage(
         state.stage_step += 1
         seen += batch["input_ids"].shape[0] * acc.num_processes
         rate = seen / (time.perf_counter() - t0)
-        logger.log_train(state.step, stage.name, task, loss, sched.get_last_lr()[0], rate)
+        logger.log_train(state.step, stage.name, task, loss, sched.get_last_lr()[0], rate,
+                         last=state.stage_step == stage.steps)
         bar.set_postfix(stage=stage.name, task=task, loss=f"{loss:.3f}", samples_s=f"{rate:.1f}")
         bar.update(1)
         if cfg.eval_every and state.step % cfg.eval_every == 0 and state.stage_step < stage.steps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import get_scheduler
 
+from mmtransfer.errors import ConfigError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.train.config import OptimConfig
 
@@ -34,7 +35,7 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     groups = param_groups(model, cfg, lr)
     if not groups:
-        raise ValueError("nothing to train: every parameter is frozen (check trainable / stages)")
+        raise ConfigError("nothing to train: every parameter is frozen (check trainable / stages)")
     opt = torch.optim.AdamW(groups, betas=cfg.betas, fused=_can_fuse(groups))
     sched = get_scheduler(cfg.schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps)
     return opt, sched

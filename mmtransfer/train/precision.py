@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from mmtransfer.errors import ConfigError
+
 
 def resolve_precision(precision: str, device_type: str) -> str:
     """The Accelerate ``mixed_precision`` value ("no", "bf16", "fp16") for a policy string."""
     if device_type != "cuda":
         if precision in ("bf16", "fp16"):
-            raise ValueError(f"precision '{precision}' needs a CUDA GPU; use 'auto' or 'fp32' on {device_type}")
+            raise ConfigError(f"precision '{precision}' needs a CUDA GPU; use 'auto' or 'fp32' on {device_type}")
         return "no"
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
