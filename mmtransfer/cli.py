@@ -17,7 +17,7 @@ def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, in
     p.add_argument(inputs, nargs="+")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     return p
 
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="a system message")
     chat.add_argument("--max-new-tokens", type=int, default=32)
     chat.add_argument("--num-beams", type=int, default=1)
-    chat.add_argument("--device", default="cpu")
+    chat.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     _inference_parser(sub, "caption", "caption images", "images")
     _inference_parser(sub, "transcribe", "transcribe audio files", "audio")
     answer = _inference_parser(sub, "answer", "answer questions about one image", "questions")
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     make = sub.add_parser("make-data", help="write the synthetic data sets (shapes, tones, sentiment)")
     make.add_argument("out_dir", nargs="?", default="data/synthetic")
     make.add_argument("--n-train", type=int, default=400)

@@ -55,7 +55,8 @@ def _unwrapped(decoder: torch.nn.Module) -> torch.nn.Module:
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> MultimodalGPT:
-    """Load a model saved by ``save_pretrained``; it gives the same outputs as the saved one."""
+    """Load a model saved by ``save_pretrained``; it gives the same outputs as the saved one.
+    ``device="auto"``: CUDA when there is one, else the CPU."""
     from mmtransfer.builder import build_model
 
     directory = Path(directory)
@@ -73,7 +74,14 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> Multimoda
         text = str(err) if len(str(err)) <= 300 else str(err)[:300] + "..."
         raise ConfigError(f"{directory / CONFIG_NAME}: cannot build the model it describes: {text}") from err
     _load_tensors(model, directory / WEIGHTS_NAME, strict=kind == "full")
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> ``cuda`` when a GPU is there, else ``cpu``; anything else as ``torch.device`` reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def _load_tensors(model: MultimodalGPT, path: Path, strict: bool) -> None:

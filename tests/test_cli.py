@@ -71,3 +71,15 @@ def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys
 def test_weights_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights", "list"]) == 0
     assert "SmolLM2" in capsys.readouterr().out
+
+
+def test_inference_commands_default_to_the_best_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmtransfer.cli import build_parser
+    from mmtransfer.saving import resolve_device
+
+    for argv in (["caption", "m", "a.png"], ["chat", "m", "hi"], ["eval", "m", "--task", "asr", "--data", "d"]):
+        assert build_parser().parse_args(argv).device == "auto"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu" and resolve_device("cuda:1").index == 1

@@ -400,3 +400,21 @@ def test_loader_with_workers_reports_skips_in_batches(
     batches = list(loader)
     assert [b["n_skipped"] for b in batches] == [1, 0]
     assert batches[0]["skipped"][0].line == 2 and batches[0]["input_ids"].shape[0] == 1
+
+
+def test_each_audio_clip_is_decoded_once(tmp_path: Path, model: mmtransfer.MultimodalGPT,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a manifest, building a batch and encoding it decode a clip once; so does ``transcribe``."""
+    lines = [{"audio": write_wav(tmp_path / "w" / f"{i}.wav", 0.2, rate=8000, seed=i), "text": f"word {i}"}
+             for i in range(2)]
+    decoded: list[str] = []
+    real = sf.read
+    monkeypatch.setattr(sf, "read", lambda file, *a, **k: decoded.append(str(file)) or real(file, *a, **k))
+    dataset = TaskDataset(read_manifest(write_manifest(tmp_path / "a.jsonl", lines), "asr"), "asr", sample_rate=RATE)
+    batch = Collator(model, "asr")([dataset[0], dataset[1]])
+    model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+    files = sorted(str(tmp_path / x["audio"]) for x in lines)
+    assert sorted(decoded) == files
+    decoded.clear()
+    model.transcribe(files, max_new_tokens=2)
+    assert sorted(decoded) == files
