@@ -1,7 +1,7 @@
 """Zero-shot label scoring speed: the prompt once with a shared KV cache (``classify``) against one full forward
 per (prompt, label) pair with the LM head on every position (how ``classify`` scored before).
 
-SmolLM2-135M, SST-2 dev sentences (the synthetic sentiment set when SST-2 is absent), the SST-2 prompt of
+SmolLM2-135M-Instruct, SST-2 dev sentences (the synthetic sentiment set when SST-2 is absent), the SST-2 prompt of
 ``benchmarks/sst2.py``; both methods in one run, alternating whole passes. Reports
 sentences/s of each (mean over ``--repeats`` alternating passes), the ratio, and whether every prediction agrees.
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     import mmtransfer
 
-    model = mmtransfer.build_model({"decoder": {"model": "HuggingFaceTB/SmolLM2-135M"}, "labels": list(LABELS),
+    model = mmtransfer.build_model({"decoder": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}, "labels": list(LABELS),
                                     "chat_template": "plain", "prompts": {"classify": TEMPLATE}}).eval()
     texts, where = sentences(Path(args.data), Path(args.work), args.n)
     prompts = [TEMPLATE.format(text=t) for t in texts]
@@ -71,7 +71,7 @@ def main() -> None:
     res = Results("label_scoring", args.out)
     differ = sum(a != b for a, b in zip(preds["shared"], preds["pairs"]))
     rate = {k: len(prompts) / (sum(v) / len(v)) for k, v in times.items()}
-    task = f"{where}, SmolLM2-135M zero-shot, 2 labels, batch {args.batch_size}"
+    task = f"{where}, SmolLM2-135M-Instruct zero-shot, 2 labels, batch {args.batch_size}"
     method = "classify: prompts sorted by length, each run once (shared KV cache), LM head on label tokens"
     res.add(task, method, 0, None, "sentences/s", rate["shared"], f"one forward per pair: {rate['pairs']:.2f}/s",
             ratio=round(rate["shared"] / rate["pairs"], 2), predictions_that_differ=differ)

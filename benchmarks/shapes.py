@@ -1,4 +1,5 @@
-"""Captioning and VQA from ImageNet EfficientNet-Lite0 features into SmolLM2-135M: synthetic shapes and coco-mini.
+"""Captioning and VQA from ImageNet EfficientNet-Lite0 features into SmolLM2-135M-Instruct: synthetic shapes and
+coco-mini.
 
 * ``shapes``: ``recipes/configs/shapes-efficientnet.yaml`` on ``mmtransfer.synthetic.write_shapes`` data
   (400 train / 60 test scenes; three colour-shape pairs appear only in test, so the test split measures

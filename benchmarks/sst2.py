@@ -1,4 +1,4 @@
-"""SST-2 sentiment with SmolLM2-135M: prompting, a linear probe and LoRA, against TF-IDF + logistic regression.
+"""SST-2 sentiment with SmolLM2-135M-Instruct: prompting, a linear probe and LoRA, against TF-IDF + logistic regression.
 
 Train on a random subset of ``train.tsv`` (seed 0) of each size in ``--sizes``; report accuracy on all of
 ``dev.tsv`` (872 sentences). Parts (``--parts``, comma-separated):
@@ -105,8 +105,8 @@ def main() -> None:
         from mmtransfer.tasks import get_task
 
         model = mmtransfer.build_model({
-            "decoder": {"model": "HuggingFaceTB/SmolLM2-135M"}, "labels": list(LABELS), "chat_template": "plain",
-            "prompts": {"classify": TEMPLATE},
+            "decoder": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}, "labels": list(LABELS),
+            "chat_template": "plain", "prompts": {"classify": TEMPLATE},
         }).eval()
         cls = get_task("classification")
         scored = subset(dev, args.prompt_dev, seed=2) if args.prompt_dev else dev
@@ -118,7 +118,7 @@ def main() -> None:
         for k, sh in ((0, []), (len(shots), shots)):
             with timed() as t:
                 m = cls.evaluate(model, samples, 16, shots=sh)
-            res.add(f"SST-2 dev ({len(samples)})", f"SmolLM2-135M {k}-shot label scoring", k, 0.0, "accuracy",
+            res.add(f"SST-2 dev ({len(samples)})", f"SmolLM2-135M-Instruct {k}-shot label scoring", k, 0.0, "accuracy",
                     m["accuracy"],
                     peer(100) if 100 in peers else "", eval_s=round(t["s"], 1))
 

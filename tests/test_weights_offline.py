@@ -26,6 +26,7 @@ COCO = DATA / "coco-mini" / "images"
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(weights.SUBSTITUTE_ENV, raising=False)
 
 
 def _need(name: str) -> None:
@@ -138,18 +139,33 @@ def test_timm_classifies_photos(name: str) -> None:
 # ------------------------------------------------------------------------------------- decoder
 
 
-@pytest.mark.parametrize("name", ["HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M"])
-def test_smollm2_predicts_paris(name: str) -> None:
-    _need(name)
+BASE, INSTRUCT = "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_smollm2_predicts_paris() -> None:
+    _need(INSTRUCT)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(weights.resolve(name)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(weights.resolve_tokenizer(name))
+    model = AutoModelForCausalLM.from_pretrained(weights.resolve(INSTRUCT)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(weights.resolve_tokenizer(INSTRUCT))
     assert len(tokenizer) > 49000
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     with torch.no_grad():
         logits = model(**tokenizer("The capital of France is", return_tensors="pt")).logits[0, -1]
     assert tokenizer.decode(logits.argmax()) == " Paris"
+
+
+def test_smollm2_base_name_only_with_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base model is not packaged: its name gets the Instruct weights only when the user allows it."""
+    _need(BASE)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # no genuine base weights from a real cache
+    monkeypatch.chdir(tmp_path)
+    for call in (weights.resolve, weights.resolve_tokenizer):
+        with pytest.raises(weights.WeightsNotFoundError, match=f"{INSTRUCT}.*installed.*{weights.SUBSTITUTE_ENV}=1"):
+            call(BASE)
+    monkeypatch.setenv(weights.SUBSTITUTE_ENV, "1")
+    assert weights.resolve(BASE) == weights.resolve(INSTRUCT)
+    assert weights.resolve_tokenizer(BASE) == weights.resolve_tokenizer(INSTRUCT)
 
 
 def test_gpt2_tokenizer_without_weights() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmtransfer.bundled import find_recipe, is_bundled
 from mmtransfer.chat import LOSS_ON
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
 from mmtransfer.data.conversations import FORMATS
@@ -59,8 +60,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """A whole run. In a YAML file, relative paths (manifests, ``output_dir``, ``init_from``, and decoder
-    model / tokenizer paths that start with ./ or ../) are relative to the YAML file."""
+    """A whole run. In a YAML file, relative paths (manifests, ``output_dir``, ``init_from``,
+    ``feature_cache``, and decoder model / tokenizer paths that start with ./ or ../) are relative to the
+    YAML file (for a bundled recipe: to the working directory); ``fallback`` names a recipe beside it."""
 
     model: ModelConfig
     data: list[DatasetConfig]
@@ -86,20 +88,24 @@ class TrainConfig:
     source: str = "config"  # where this config came from (load_train_config sets the file): errors name it
 
 
-def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a recipe YAML, apply ``key=value`` overrides, resolve manifest paths, validate."""
-    path = Path(path)
+def load_train_config(recipe: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read a recipe (a YAML file, or a bundled recipe's name such as ``quickstart``), apply ``key=value``
+    overrides, resolve relative paths, validate. A file's relative paths start at its directory, a bundled
+    recipe's at the working directory."""
+    path = find_recipe(recipe)
     data = apply_overrides(load_yaml(path), list(overrides))
-    cfg = train_config_from_dict(data, where=str(path))
-    cfg.source = str(path)
+    cfg = train_config_from_dict(data, where=str(recipe))
+    cfg.source = str(recipe)
+    base = Path.cwd() if is_bundled(path) else path.parent
     for ds in cfg.data:
-        ds.train = _resolve(path, ds.train)
-        ds.eval = _resolve(path, ds.eval) if ds.eval else None
-    cfg.output_dir = _resolve(path, cfg.output_dir)
-    cfg.init_from = _resolve(path, cfg.init_from) if cfg.init_from else None
-    cfg.fallback = _resolve(path, cfg.fallback) if cfg.fallback else None
+        ds.train = _resolve(base, ds.train)
+        ds.eval = _resolve(base, ds.eval) if ds.eval else None
+    cfg.output_dir = _resolve(base, cfg.output_dir)
+    cfg.init_from = _resolve(base, cfg.init_from) if cfg.init_from else None
+    cfg.feature_cache = _resolve(base, cfg.feature_cache) if cfg.feature_cache else None
+    cfg.fallback = str(find_recipe(path.parent / cfg.fallback)) if cfg.fallback else None  # beside the recipe
     dec = cfg.model.decoder
-    dec.model, dec.tokenizer = _resolve_local(path, dec.model), _resolve_local(path, dec.tokenizer)
+    dec.model, dec.tokenizer = _resolve_local(base, dec.model), _resolve_local(base, dec.tokenizer)
     return cfg
 
 
@@ -164,12 +170,12 @@ def _check_packages(cfg: TrainConfig, where: str) -> None:
         require(["tensorboard"], f"{where}: tensorboard")
 
 
-def _resolve(config_path: Path, value: str) -> str:
-    """A path relative to the config file's directory (absolute and ~ paths are kept)."""
+def _resolve(base: Path, value: str) -> str:
+    """A path relative to ``base`` (absolute and ~ paths are kept)."""
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (config_path.parent / p).resolve())
+    return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _resolve_local(config_path: Path, value: str | None) -> str | None:
-    """Model / tokenizer names: paths that start with ./ or ../ are relative to the config file; hub ids stay."""
-    return _resolve(config_path, value) if value and value.startswith(("./", "../")) else value
+def _resolve_local(base: Path, value: str | None) -> str | None:
+    """Model / tokenizer names: paths that start with ./ or ../ are relative to ``base``; hub ids stay."""
+    return _resolve(base, value) if value and value.startswith(("./", "../")) else value

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mmtransfer.builder import build_model
 from mmtransfer.data import DataError, Skip
-from mmtransfer.errors import ConfigError
+from mmtransfer.errors import ConfigError, WeightsNotFoundError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
@@ -53,8 +53,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     resuming = resume and ckpt.exists(resume_dir)
     try:
         model = _initial_model(cfg, resume_dir if resuming else None)
-    except ConfigError as err:  # the model config's messages name the field; add the recipe file
-        raise ConfigError(f"{cfg.source}: model: {err}") from err
+    except (ConfigError, WeightsNotFoundError) as err:  # their messages name the field; add the recipe file
+        raise type(err)(f"{cfg.source}: model: {err}") from err
     _place(model, acc, cfg)
     data = build_data(cfg, model, rank=acc.process_index, world_size=acc.num_processes)
     state = RunState()
