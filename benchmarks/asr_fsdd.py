@@ -7,7 +7,7 @@ Rows (``--parts``, comma-separated):
 
 * ``whisper``: the off-the-shelf peer, ``WhisperForConditionalGeneration`` (openai/whisper-tiny.en, its
   standard 30 s window), greedy ``generate``, zero-shot on the test split.
-* ``pretrained``: ``recipes/configs/asr-fsdd.yaml``: frozen Whisper tiny.en encoder cut to a 3 s window,
+* ``pretrained``: ``mmtransfer/recipes/asr-fsdd.yaml``: frozen Whisper tiny.en encoder cut to a 3 s window,
   frame stacking k=4, SmolLM2-135M-Instruct pretrained + LoRA r=8 (projector and LoRA train).
 * ``scratch``: the same at the same step budget with a randomly initialised SmolLM2 (architecture from
   its config) trained in full (LoRA on random weights would be a straw man).

@@ -22,8 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mmtransfer.bundled import RECIPES
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "recipes" / "configs"
+CONFIGS = RECIPES
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -1,6 +1,6 @@
 """Conversations on real weights: a multi-image task and a multi-turn task on the synthetic shapes.
 
-``recipes/configs/chat-shapes.yaml`` (frozen EfficientNet-Lite0, MLP projector, SmolLM2-135M-Instruct + LoRA,
+``mmtransfer/recipes/chat-shapes.yaml`` (frozen EfficientNet-Lite0, MLP projector, SmolLM2-135M-Instruct + LoRA,
 SmolLM2's chat template) trained on each condition, scored by exact match on unseen scenes (the test split's
 colour-shape pairs never occur in training):
 

@@ -1,6 +1,6 @@
 """Joint pretraining over image + audio + text, then fine-tuning on a new task, against fine-tuning alone.
 
-1. ``recipes/configs/joint-real.yaml``: SmolLM2-135M-Instruct + LoRA, a frozen EfficientNet-Lite0 and a frozen
+1. ``mmtransfer/recipes/joint-real.yaml``: SmolLM2-135M-Instruct + LoRA, a frozen EfficientNet-Lite0 and a frozen
    Whisper tiny.en encoder (3 s), trained on a 1:1:1 mixture of shapes captioning, FSDD spoken digits and
    SST-2 (1,000 sentences, LM label scoring).
 2. Fine-tune on shapes VQA (not in the mixture) for ``--ft-steps`` steps from the jointly pretrained model

@@ -1,13 +1,13 @@
 """Captioning and VQA from ImageNet EfficientNet-Lite0 features into SmolLM2-135M-Instruct: synthetic shapes and
 coco-mini.
 
-* ``shapes``: ``recipes/configs/shapes-efficientnet.yaml`` on ``mmtransfer.synthetic.write_shapes`` data
+* ``shapes``: ``mmtransfer/recipes/shapes-efficientnet.yaml`` on ``mmtransfer.synthetic.write_shapes`` data
   (400 train / 60 test scenes; three colour-shape pairs appear only in test, so the test split measures
   compositional generalisation). One run over a 1:1 captioning + VQA mixture; reports BLEU-4 / CIDEr-D on
   the test captions and VQA accuracy on the test questions. Peers in the same run, on the same frozen
   features: nearest-neighbour caption retrieval (cosine on mean-pooled EfficientNet features; it can only
   return training captions, so it can never name a held-out pair) and the per-question majority answer.
-* ``coco``: ``recipes/configs/coco-mini-caption.yaml``: 64 coco-mini photos to train, 16 to test, 5
+* ``coco``: ``mmtransfer/recipes/coco-mini-caption.yaml``: 64 coco-mini photos to train, 16 to test, 5
   human captions each. Peer: the same nearest-neighbour retrieval. A smoke benchmark: expect small numbers.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/shapes.py --out outputs/bench/shapes/results.json

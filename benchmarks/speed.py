@@ -53,7 +53,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from common import ROOT, Results, load_avg  # noqa: E402
 
-TOKENIZER = str(ROOT / "assets" / "tiny-tokenizer")
+from mmtransfer.bundled import ASSETS
+
+TOKENIZER = str(ASSETS / "tiny-tokenizer")
 DECODER = {"model_type": "gpt2", "n_layer": 6, "n_embd": 512, "n_head": 8, "n_positions": 1024,
            "vocab_size": 50257, "bos_token_id": 0, "eos_token_id": 0}
 SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,

@@ -7,10 +7,10 @@ Train on a random subset of ``train.tsv`` (seed 0) of each size in ``--sizes``; 
   this is the peer of every other row, at the same training size.
 * ``prompt``: zero-shot and few-shot label scoring with the pretrained LM (``model.classify(texts,
   shots=...)``; no training). Prompt ``Review: {text}\\nSentiment:`` and labels " negative" / " positive".
-* ``probe``: ``recipes/configs/sst2-probe.yaml``: frozen decoder + linear head, pretrained vs the same
+* ``probe``: ``mmtransfer/recipes/sst2-probe.yaml``: frozen decoder + linear head, pretrained vs the same
   architecture with random weights (``model.decoder.pretrained=false``).
-* ``lora``: ``recipes/configs/sst2-lora.yaml``: short probe then LoRA r=8 + head, at ``--lora-sizes``.
-* ``lora_lm``: ``recipes/configs/sst2-lora-lm.yaml``: LoRA r=8 trained to continue the prompt with the label
+* ``lora``: ``mmtransfer/recipes/sst2-lora.yaml``: short probe then LoRA r=8 + head, at ``--lora-sizes``.
+* ``lora_lm``: ``mmtransfer/recipes/sst2-lora-lm.yaml``: LoRA r=8 trained to continue the prompt with the label
   word, predicted by label scoring as in ``prompt`` (no head), at ``--lora-sizes``.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sst2.py --parts baseline,prompt,probe --sizes 100,1000

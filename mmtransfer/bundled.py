@@ -15,7 +15,8 @@ from mmtransfer.errors import MissingFileError
 PACKAGE = Path(__file__).resolve().parent
 RECIPES = PACKAGE / "recipes"
 ASSETS = PACKAGE / "assets"
-TINY_TOKENIZER = "mmtransfer/tiny-tokenizer"  # the name recipes use for ASSETS / "tiny-tokenizer"
+TINY_TOKENIZER = "mmtransfer/tiny-tokenizer"  # a 434-token byte-level BPE for tiny models (make_tokenizer.py)
+BUNDLED: dict[str, Path] = {TINY_TOKENIZER: ASSETS / "tiny-tokenizer"}  # name -> directory, for the weights walk
 
 
 def recipe_names() -> list[str]:

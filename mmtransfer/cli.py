@@ -1,4 +1,4 @@
-"""Command line: ``mmtransfer chat|caption|transcribe|answer|classify|train|eval|demo|weights ...``."""
+"""Command line: ``mmtransfer chat|caption|transcribe|answer|classify|train|eval|demo|weights|serve ...``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mmtransfer import cli_weights
 
     cli_weights.add_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "chat": _run_chat, "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
         "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,
-        "make-data": _run_make_data,
+        "make-data": _run_make_data, "serve": _run_serve,
     }
     try:
         return handlers[args.command](args) if args.command in handlers else args.func(args)
@@ -179,6 +180,42 @@ def _run_recipes(args: argparse.Namespace) -> int:
 
     for name in recipe_names():
         print(f"{name:24s} {recipe_summary(RECIPES / f'{name}.yaml')}")
+    return 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat completions, a chat page at /)")
+    serve.add_argument("checkpoint", help="a directory written by save_pretrained / training")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to bind (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-name", default=None, help="the id clients send as 'model' (default: the "
+                       "checkpoint directory's name)")
+    serve.add_argument("--max-batch", type=int, default=16, help="most requests in one generate call")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+                       help="how long the first waiting request waits for others to batch with")
+    serve.add_argument("--max-body-mb", type=float, default=20.0, help="larger request bodies get 413")
+    serve.add_argument("--default-max-tokens", type=int, default=128, help="for requests without max_tokens")
+    serve.add_argument("--media-dir", default=None, help="a directory image_url parts may name files in "
+                       "(default: media must come inline, as base64)")
+    serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmtransfer.extras import require
+
+    require(["fastapi", "uvicorn"], "mmtransfer serve")
+    import mmtransfer
+    from mmtransfer.serve import ServeSettings, run
+
+    model = mmtransfer.load(args.checkpoint, device=args.device)
+    settings = ServeSettings(
+        model_name=args.model_name or Path(args.checkpoint).resolve().name, max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms, max_body_mb=args.max_body_mb, default_max_tokens=args.default_max_tokens,
+        media_dir=Path(args.media_dir) if args.media_dir else None,
+    )
+    run(model, settings, host=args.host, port=args.port)
     return 0
 
 

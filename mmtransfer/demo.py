@@ -1,5 +1,5 @@
 """``mmtransfer demo``: build a tiny image + audio model offline, caption and transcribe the samples in
-``assets/``, save, load back, and check the reloaded model gives the same outputs.
+the package's ``assets/``, save, load back, and check the reloaded model gives the same outputs.
 
 The tiny model has random weights, so its text is noise: the demo shows the whole path (encoders ->
 projectors -> splice -> decoder -> generate -> save -> load) runs on a fresh machine in seconds.
@@ -12,15 +12,14 @@ from pathlib import Path
 import torch
 
 import mmtransfer
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+from mmtransfer.bundled import ASSETS, TINY_TOKENIZER
 
 
 def tiny_config() -> dict:
     """A 2-layer, width-64 GPT-2 decoder with a tiny ViT and a from-scratch fbank audio encoder."""
     return {
         "decoder": {
-            "model": "tiny-gpt2", "pretrained": False, "tokenizer": str(ASSETS / "tiny-tokenizer"),
+            "model": "tiny-gpt2", "pretrained": False, "tokenizer": TINY_TOKENIZER,
             "config": {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 434,
                        "bos_token_id": 0, "eos_token_id": 0},
         },

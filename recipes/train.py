@@ -1,4 +1,4 @@
-"""Train from a recipe: ``python recipes/train.py recipes/configs/asr-tiny.yaml [key=value ...] [--resume]``.
+"""Train from a recipe: ``python recipes/train.py asr-tiny [key=value ...] [--resume]``.
 
 Multi-GPU: ``torchrun --nproc_per_node 8 recipes/train.py CONFIG`` (or ``accelerate launch``).
 """

@@ -8,8 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 import mmtransfer  # noqa: E402
 from tests.tiny_models import tiny_model_config  # noqa: E402

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import mmtransfer
+from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.data import Collator, TaskDataset
 from mmtransfer.splice import IGNORE_INDEX
 from tests.tiny_models import CHATML, chatml_model_config, tiny_model_config
@@ -274,9 +275,8 @@ def test_a_conversation_with_more_media_than_the_context_fits_is_skipped_in_trai
                           {"role": "assistant", "content": "red"}]},
             {"messages": [{"role": "user", "content": [image] * 20}, {"role": "assistant", "content": "many"}]}]
     (data / "chat_long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    root = Path(__file__).resolve().parents[1]
-    recipe = yaml.safe_load((root / "recipes" / "configs" / "chat-tiny.yaml").read_text())
-    recipe["model"]["decoder"]["tokenizer"] = str(root / "assets" / "tiny-tokenizer")
+    recipe = yaml.safe_load((RECIPES / "chat-tiny.yaml").read_text())
+    recipe["model"]["decoder"]["tokenizer"] = str(ASSETS / "tiny-tokenizer")
     recipe["model"]["decoder"]["config"]["n_positions"] = 256
     recipe["model"]["image_encoder"]["data_config"] = {"input_size": [3, 128, 128], "crop_pct": 1.0}  # 4x4 grid
     recipe |= {"data": [{"task": "chat", "train": str(data / "chat_long.jsonl")}], "batch_size": 2,

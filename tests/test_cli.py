@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import mmtransfer
+from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.cli import main
 from mmtransfer.synthetic import write_all
 from tests.tiny_models import tiny_model_config
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_inference_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = mmtransfer.build_model(tiny_model_config() | {"labels": ["negative", "positive"]})
     model.save_pretrained(tmp_path / "m")
-    image, audio = str(ROOT / "assets" / "sample.png"), str(ROOT / "assets" / "sample.wav")
+    image, audio = str(ASSETS / "sample.png"), str(ASSETS / "sample.wav")
     assert main(["caption", str(tmp_path / "m"), image, "--max-new-tokens", "3"]) == 0
     assert main(["transcribe", str(tmp_path / "m"), audio, "--max-new-tokens", "3"]) == 0
     assert main(["answer", str(tmp_path / "m"), "--image", image, "what?", "--max-new-tokens", "3"]) == 0
@@ -31,7 +32,7 @@ def test_inference_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_chat_command_takes_several_images_and_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "m")
-    image, audio = str(ROOT / "assets" / "sample.png"), str(ROOT / "assets" / "sample.wav")
+    image, audio = str(ASSETS / "sample.png"), str(ASSETS / "sample.wav")
     args = ["chat", str(tmp_path / "m"), "which has more circles?", "--image", image, "--image", image,
             "--audio", audio, "--max-new-tokens", "4"]
     assert main(args) == 0
@@ -53,8 +54,8 @@ def test_eval_command_on_conversations(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_all(tmp_path / "data", n_train=16, n_test=4)
-    tiny = yaml.safe_load((ROOT / "recipes" / "configs" / "captioning-tiny.yaml").read_text())
-    tiny["model"]["decoder"]["tokenizer"] = str(ROOT / "assets" / "tiny-tokenizer")
+    tiny = yaml.safe_load((RECIPES / "captioning-tiny.yaml").read_text())
+    tiny["model"]["decoder"]["tokenizer"] = str(ASSETS / "tiny-tokenizer")
     tiny["data"][0].update(train=str(data / "shapes" / "captions_train.jsonl"),
                            eval=str(data / "shapes" / "captions_test.jsonl"), max_eval_samples=4)
     tiny.update(stages=[{"name": "train", "steps": 2}], eval_every=0, output_dir=str(tmp_path / "tiny-run"))

@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,11 @@ from transformers import (
 )
 
 from mmtransfer import weights
+from mmtransfer.bundled import ASSETS
 from mmtransfer.encoders import ENCODERS, Encoder, build_encoder
 from mmtransfer.io import load_audio
 from tests.tiny import TINY_ENCODER_KWARGS
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 IMAGE, SPEECH = ASSETS / "sample.png", ASSETS / "sample.wav"
 AUDIO_ENCODERS = [n for n in ENCODERS.names() if n in ("whisper", "wav2vec2", "fbank")]
 
@@ -283,3 +284,59 @@ def test_pretrained_hf_encoder_needs_a_model() -> None:
 def test_fbank_rejects_audio_shorter_than_a_window(encoders: dict[str, Encoder]) -> None:
     with pytest.raises(ValueError, match="shorter than one 25 ms"):
         encoders["fbank"].preprocess([np.zeros(100, dtype=np.float32)])
+
+
+# Per encoder that supports gradient checkpointing: the module each checkpointed block runs first. Its pre-hook
+# fires in the forward pass and again when the backward pass recomputes the block (hooks on the blocks themselves
+# stay outside transformers' checkpoint, and a recomputation stops once it has what the backward needs).
+FIRST_IN_BLOCK: dict[str, Callable[[Encoder], list[torch.nn.Module]]] = {
+    "timm": lambda e: [block.norm1 for block in e.model.blocks],
+    "open_clip": lambda e: [block.ln_1 for block in e.visual.transformer.resblocks],
+    "whisper": lambda e: [layer.self_attn_layer_norm for layer in e.encoder.layers],
+    "wav2vec2": lambda e: [layer.attention for layer in e.model.encoder.layers],
+}
+
+
+def _training_step(name: str, checkpointing: bool | None) -> tuple[int, list[int], dict[str, torch.Tensor]]:
+    """One forward + backward of a fresh tiny encoder in training mode with checkpointing on, off, or turned on
+    then off again (None): (number of blocks, [block runs in the forward, in the backward], parameter grads)."""
+    torch.manual_seed(0)
+    kwargs = TINY_ENCODER_KWARGS[name]
+    if name == "wav2vec2":  # no random layer drop or time masking (numpy's RNG): both runs must see the same
+        kwargs = {**kwargs, "hf_config": {**kwargs["hf_config"], "layerdrop": 0.0, "mask_time_prob": 0.0}}
+    encoder = build_encoder(name, **kwargs).train()
+    if checkpointing is not False:
+        encoder.set_grad_checkpointing(True)
+    if checkpointing is None:
+        encoder.set_grad_checkpointing(False)
+    blocks, calls = FIRST_IN_BLOCK[name](encoder), []
+    for first in blocks:
+        first.register_forward_pre_hook(lambda *_: calls.append(1))
+    features, mask = encoder(**encoder.preprocess(_items(encoder)))
+    forward_calls = len(calls)
+    features[mask].square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+    return len(blocks), [forward_calls, len(calls) - forward_calls], grads
+
+
+def test_every_encoder_either_checkpoints_or_refuses() -> None:
+    assert sorted([*FIRST_IN_BLOCK, "fbank"]) == ENCODERS.names()
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_IN_BLOCK))
+def test_grad_checkpointing_recomputes_every_block_with_the_same_gradients(name: str) -> None:
+    n, calls_off, grads_off = _training_step(name, False)
+    assert n == 2 and calls_off == [n, 0]  # without checkpointing each block runs once, in the forward pass
+    _, calls_on, grads_on = _training_step(name, True)
+    assert calls_on == [n, n]  # with it each block runs again in the backward pass: the recomputation
+    _, calls_reset, _ = _training_step(name, None)
+    assert calls_reset == [n, 0]  # set_grad_checkpointing(False) turns it off again
+    assert grads_off.keys() == grads_on.keys() and len(grads_off) > 0
+    for key in grads_off:
+        torch.testing.assert_close(grads_on[key], grads_off[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_fbank_refuses_grad_checkpointing(encoders: dict[str, Encoder]) -> None:
+    with pytest.raises(NotImplementedError, match="audio encoder FbankEncoder has no layers to recompute"):
+        encoders["fbank"].set_grad_checkpointing(True)
+    encoders["fbank"].set_grad_checkpointing(False)  # turning off what never runs is fine

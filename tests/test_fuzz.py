@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import mmtransfer
-from mmtransfer.data import Collator, Skip
 from mmtransfer.chat import SENTINELS
+from mmtransfer.data import Collator, Skip
 from mmtransfer.splice import IGNORE_INDEX, splice
 from tests.tiny_models import tiny_model_config
 

@@ -21,12 +21,13 @@ import pytest
 
 import mmtransfer
 from mmtransfer.atomic import atomic_dir
+from mmtransfer.bundled import RECIPES
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import checkpoint, load_train_config, train
 from tests import interrupt_worker
-from tests.test_train import ROOT, _overrides
+from tests.test_train import _overrides
 
-RECIPE = ROOT / "recipes" / "configs" / "classification-tiny.yaml"  # two stages: probe, then LoRA
+RECIPE = RECIPES / "classification-tiny.yaml"  # two stages: probe, then LoRA
 STEPS, SAVE_EVERY = 6, 2
 CTX = multiprocessing.get_context("forkserver")
 

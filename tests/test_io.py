@@ -10,9 +10,8 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from mmtransfer.bundled import ASSETS
 from mmtransfer.io import load_audio, load_image
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def test_load_image_from_path_and_pil() -> None:

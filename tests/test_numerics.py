@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import mmtransfer
+from mmtransfer.bundled import RECIPES
 from mmtransfer.data.collate import Collator
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import NonFiniteLossError, checkpoint, load_train_config, loop, train
-from tests.test_train import ROOT, _overrides
+from tests.test_train import _overrides
 
-ASR = ROOT / "recipes" / "configs" / "asr-tiny.yaml"
+ASR = RECIPES / "asr-tiny.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ import yaml
 from PIL import Image
 
 import mmtransfer
+from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.config import ConfigError
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import NonFiniteLossError, load_train_config, train
 from mmtransfer.train import data as train_data
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+CONFIGS = sorted(RECIPES.glob("*.yaml"))
 TINY = [c for c in CONFIGS if c.stem.endswith("-tiny")]
 
 
@@ -34,12 +35,10 @@ def _overrides(cfg_path: Path, data_dir: Path, out: Path, steps: int) -> list[st
     """Point a recipe at the test's small synthetic data, a temp output dir and a few steps."""
     raw = load_train_config(cfg_path)
     items = [f"output_dir={out}", "eval_every=0", "log_every=1"]
-    for i, ds in enumerate(raw.data):
+    for i, ds in enumerate(yaml.safe_load(cfg_path.read_text())["data"]):  # paths as the recipe writes them
         for split in ("train", "eval"):
-            path = getattr(ds, split)
-            if path:
-                rel = Path(path).relative_to(ROOT / "data" / "synthetic")
-                items.append(f"data.{i}.{split}={data_dir / rel}")
+            if ds.get(split):
+                items.append(f"data.{i}.{split}={data_dir / Path(ds[split]).relative_to('data/synthetic')}")
         items.append(f"data.{i}.max_eval_samples=8")
     per_stage = max(1, steps // len(raw.stages))
     items += [f"stages.{i}.steps={per_stage}" for i in range(len(raw.stages))]
@@ -91,7 +90,7 @@ def test_tiny_recipe_trains_saves_and_evaluates(path: Path, synthetic: Path, tmp
 
 def test_resume_after_interrupt_continues_the_same_run(synthetic: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    path = ROOT / "recipes" / "configs" / "asr-tiny.yaml"
+    path = RECIPES / "asr-tiny.yaml"
     full = load_train_config(path, _overrides(path, synthetic, tmp_path / "a", 6) + ["save_every=3"])
     train(full)
 
@@ -115,7 +114,7 @@ def test_resume_after_interrupt_continues_the_same_run(synthetic: Path, tmp_path
 
 
 def test_non_finite_loss_skips_then_stops(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = ROOT / "recipes" / "configs" / "classification-tiny.yaml"
+    path = RECIPES / "classification-tiny.yaml"
     cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "nan", 10) + ["max_nonfinite=3"])
     real_forward = mmtransfer.MultimodalGPT.forward
 
@@ -133,16 +132,29 @@ def test_non_finite_loss_skips_then_stops(synthetic: Path, tmp_path: Path, monke
 @pytest.mark.skipif(not hasattr(torch.distributed, "is_available") or not torch.distributed.is_available(),
                     reason="torch.distributed unavailable")
 def test_two_process_ddp_on_cpu_ranks_agree(synthetic: Path, tmp_path: Path) -> None:
-    path = ROOT / "recipes" / "configs" / "captioning-tiny.yaml"
-    overrides = _overrides(path, synthetic, tmp_path / "ddp", 4)
+    """Each rank trains on its own half of every epoch (48 samples in batches of 12: two batches per rank and
+    epoch, four steps = two epochs), and the weights agree."""
+    path = RECIPES / "captioning-tiny.yaml"
+    overrides = _overrides(path, synthetic, tmp_path / "ddp", 4) + ["batch_size=12"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(ROOT / "tests" / "ddp_worker.py"), str(path), str(tmp_path / "sums"), *overrides]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sums = [json.loads((tmp_path / "sums" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sums[0]["params"] == sums[1]["params"]
     assert sums[0]["world_size"] == 2
+    manifest = (synthetic / "shapes" / "captions_train.jsonl").read_text().splitlines()
+    every_line = set(range(1, len(manifest) + 1))
+    assert len(every_line) == 48
+    for epoch in (0, 1):
+        seen = []
+        for rank in sums:
+            batches = [b["lines"] for b in rank["samples"] if b["epoch"] == epoch]
+            assert [len(b) for b in batches] == [12, 12], (epoch, rank["samples"])
+            seen.append({line for batch in batches for line in batch})
+        assert not seen[0] & seen[1], f"epoch {epoch}: both ranks trained on lines {sorted(seen[0] & seen[1])}"
+        assert seen[0] | seen[1] == every_line, f"epoch {epoch}: no rank saw {sorted(every_line - seen[0] - seen[1])}"
 
 
 @pytest.mark.skipif(not hasattr(torch.distributed, "is_available") or not torch.distributed.is_available(),
@@ -159,13 +171,13 @@ def test_ddp_steps_where_one_rank_is_text_only_and_the_other_has_images_and_audi
                                                        {"type": "text", "text": "colour, then digits?"}]},
                           {"role": "assistant", "content": "red; one"}]}]
     (synthetic / "chat_pair.jsonl").write_text("".join(json.dumps(x) + "\n" for x in pair))
-    recipe = yaml.safe_load((ROOT / "recipes" / "configs" / "chat-tiny.yaml").read_text())
-    recipe["model"]["decoder"]["tokenizer"] = str(ROOT / "assets" / "tiny-tokenizer")
+    recipe = yaml.safe_load((RECIPES / "chat-tiny.yaml").read_text())
+    recipe["model"]["decoder"]["tokenizer"] = str(ASSETS / "tiny-tokenizer")
     recipe |= {"data": [{"task": "chat", "train": str(synthetic / "chat_pair.jsonl")}], "batch_size": 1,
                "stages": [{"name": "train", "steps": 3}], "output_dir": str(tmp_path / "run"), "eval_every": 0}
     (tmp_path / "pair.yaml").write_text(yaml.safe_dump(recipe))
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "pair.yaml"), str(tmp_path / "sums")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -175,24 +187,61 @@ def test_ddp_steps_where_one_rank_is_text_only_and_the_other_has_images_and_audi
     assert ranks[0]["params"] == ranks[1]["params"]
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(decoder_arch: str) -> None:
+def _first_in_each_block(model: mmtransfer.MultimodalGPT) -> list[torch.nn.Module]:
+    """The module each decoder layer and image encoder block runs first: its pre-hook fires in the forward pass
+    and again when the backward pass recomputes the block (the recomputation may stop before a block's end)."""
+    decoder = model.decoder
+    layers = decoder.transformer.h if hasattr(decoder, "transformer") else decoder.model.layers  # GPT-2, Llama
+    firsts = [layer.ln_1 if hasattr(layer, "ln_1") else layer.input_layernorm for layer in layers]
+    return firsts + [block.norm1 for block in model.encoders["image"].model.blocks]
+
+
+def _checkpointed_step(cfg: dict, checkpointing: bool) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """One training step of a fresh model: ([blocks run in the forward pass, in the backward], gradients)."""
+    torch.manual_seed(0)
+    model = mmtransfer.build_model(cfg).train()
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    calls: list[int] = []
+    for first in _first_in_each_block(model):
+        first.register_forward_pre_hook(lambda *_: calls.append(1))
+    red = [Image.new("RGB", (32, 32), "red")]
+    batch = model.processor.from_prompts(["<image> what?"], targets=[" red"], images=red)
+    loss = model(**batch).loss
+    forward = len(calls)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return [forward, len(calls) - forward], grads
+
+
+def test_gradient_checkpointing_recomputes_every_block_with_the_same_gradients(decoder_arch: str) -> None:
     from tests.tiny_models import tiny_model_config
 
-    cfg = tiny_model_config(decoder_arch, trainable={"decoder": "full", "image_encoder": "full"})
+    cfg = tiny_model_config(decoder_arch, audio_encoder=None, audio_projector=None,
+                            trainable={"decoder": "full", "image_encoder": "full"})
     cfg["decoder"]["config"] = cfg["decoder"]["config"] | {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    grads = []
-    for checkpointing in (False, True):
-        torch.manual_seed(0)
-        model = mmtransfer.build_model(cfg).train()
-        if checkpointing:
-            model.enable_gradient_checkpointing()
-        red = [Image.new("RGB", (32, 32), "red")]
-        batch = model.processor.from_prompts(["<image> what?"], targets=[" red"], images=red)
-        model(**batch).loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    runs_off, grads_off = _checkpointed_step(cfg, False)
+    runs_on, grads_on = _checkpointed_step(cfg, True)
+    # 2 decoder layers + 2 ViT blocks run once in the forward pass; with checkpointing, again in the backward
+    assert (runs_off, runs_on) == ([4, 0], [4, 4])
+    assert grads_off.keys() == grads_on.keys()
+    assert any(n.startswith("encoders.image.") for n in grads_off) and any(n.startswith("decoder.") for n in grads_off)
+    for name in grads_off:
+        assert torch.allclose(grads_off[name], grads_on[name], atol=1e-6), name
+
+
+def test_gradient_checkpointing_on_an_encoder_without_it_fails_clearly(tmp_path: Path) -> None:
+    """The fbank encoder has no checkpointing hook: asking for it is an error, not a silent no-op."""
+    from tests.tiny_models import tiny_model_config
+
+    model = mmtransfer.build_model(tiny_model_config("gpt2"))  # tiny ViT + fbank
+    with pytest.raises(NotImplementedError, match="audio encoder FbankEncoder has no layers to recompute"):
+        model.enable_gradient_checkpointing()
+    path = RECIPES / "asr-tiny.yaml"
+    cfg = load_train_config(path, ["gradient_checkpointing=true", f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(NotImplementedError, match="FbankEncoder has no layers to recompute.*checkpointing off"):
+        train(cfg)
+    assert not (tmp_path / "run" / "final").exists()
 
 
 def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmtransfer.MultimodalGPT) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mmtransfer
+from mmtransfer.bundled import RECIPES
 from mmtransfer.config import ConfigError, load_yaml
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
@@ -21,7 +23,7 @@ from tests.test_train import ROOT, _overrides
 from tests.tiny_models import tiny_model_config
 
 PACKAGE = ROOT / "mmtransfer"
-RECIPE = ROOT / "recipes" / "configs" / "classification-tiny.yaml"
+RECIPE = RECIPES / "classification-tiny.yaml"
 
 
 class Payload:
@@ -48,8 +50,8 @@ def _calls() -> list[tuple[Path, ast.Call, str]]:
 def test_the_package_never_unpickles_or_runs_code_from_files() -> None:
     forbidden = {"pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "eval", "exec",
                  "marshal.loads", "dill.load", "joblib.load", "torch.jit.load"}
-    bad = []
-    for path, node, name in _calls():
+    bad, calls = [], _calls()
+    for path, node, name in calls:
         keywords = {k.arg: k.value for k in node.keywords}
         where = f"{path.relative_to(ROOT)}:{node.lineno}"
         if name in forbidden:
@@ -64,6 +66,8 @@ def test_the_package_never_unpickles_or_runs_code_from_files() -> None:
         if "trust_remote_code" in keywords:
             bad.append(f"{where}: trust_remote_code")
     assert not bad
+    # the scan reads the package: it sees the loaders the package does use (else it would pass vacuously)
+    assert {"torch.load", "yaml.safe_load", "load_file", "json.loads"} <= {name for _, _, name in calls}
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -178,9 +182,15 @@ def test_a_tensor_with_the_right_name_but_wrong_dtype_or_shape_fails(saved: Path
 
 
 def test_another_float_precision_loads(saved: Path) -> None:
-    """GPU runs save frozen encoders in half precision; they load into the float32 model."""
-    _edit_tensor(saved, lambda t: t.half())
-    assert mmtransfer.load(saved).projectors["image"] is not None
+    """GPU runs save frozen encoders in half precision; they load into the float32 model, with the file's values."""
+    original = load_file(saved / "model.safetensors")
+    key = _edit_tensor(saved, lambda t: t.half())
+    state = mmtransfer.load(saved).state_dict()
+    assert state[key].dtype == torch.float32
+    assert torch.equal(state[key], original[key].half().float())
+    for name, tensor in original.items():
+        if name != key:
+            assert torch.equal(state[name], tensor), name
 
 
 def test_a_config_for_another_architecture_fails(saved: Path, tmp_path: Path) -> None:
@@ -204,17 +214,18 @@ def test_a_config_naming_an_unknown_architecture_fails_naming_the_file(saved: Pa
 
 
 def test_custom_tokenizer_code_in_a_saved_model_is_not_run(saved: Path, tmp_path: Path) -> None:
+    """The saved tokenizer's ``auto_map`` is ignored: the model loads with transformers' own tokenizer class."""
     marker = tmp_path / "code-ran"
+    expected = mmtransfer.load(saved).processor.tokenizer
     config = json.loads((saved / "tokenizer_config.json").read_text())
     config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}
     (saved / "tokenizer_config.json").write_text(json.dumps(config))
     (saved / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
                                    "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
-    try:
-        mmtransfer.load(saved)
-    except (ValueError, OSError):
-        pass  # refusing is fine too
-    assert not marker.exists()
+    tokenizer = mmtransfer.load(saved).processor.tokenizer
+    assert not marker.exists() and "evil" not in sys.modules
+    assert type(tokenizer) is type(expected) and type(tokenizer).__module__.startswith("transformers.")
+    assert tokenizer("a red <image> square")["input_ids"] == expected("a red <image> square")["input_ids"]
 
 
 def test_weights_that_are_not_safetensors_fail_naming_the_file(saved: Path) -> None:

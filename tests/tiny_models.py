@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mmtransfer.bundled import ASSETS
+
 ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER = str(ROOT / "assets" / "tiny-tokenizer")
+TOKENIZER = str(ASSETS / "tiny-tokenizer")
 VOCAB = 434  # len(tiny-tokenizer) without the placeholder tokens
 
 DECODERS: dict[str, dict[str, Any]] = {

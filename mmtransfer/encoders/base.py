@@ -38,12 +38,29 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Turn on activation checkpointing in the wrapped backbone (timm or transformers API)."""
+        """Turn activation checkpointing of the wrapped backbone on or off (timm / OpenCLIP or transformers API).
+
+        Raises ``NotImplementedError`` when asked to turn it on in an encoder whose backbone has neither API:
+        nothing would be recomputed, and a run that asked for it would silently keep every activation in memory.
+        """
+        found = False
         for module in self.children():
-            if hasattr(module, "set_grad_checkpointing"):  # timm
+            if hasattr(module, "set_grad_checkpointing"):  # timm, OpenCLIP
                 module.set_grad_checkpointing(enable)
-            elif hasattr(module, "activation_checkpointing_enable") and enable:  # transformers
-                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(module, "activation_checkpointing_enable"):  # transformers
+                if enable:
+                    module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    module.activation_checkpointing_disable()
+            else:
+                continue
+            found = True
+        if enable and not found:
+            raise NotImplementedError(
+                f"the {self.modality} encoder {type(self).__name__} has no layers to recompute: gradient "
+                "checkpointing is not supported for it (turn gradient_checkpointing off, or use an encoder "
+                "that supports it)"
+            )
 
 
 def build_encoder(name: str, **kwargs: Any) -> Encoder:

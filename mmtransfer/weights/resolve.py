@@ -1,6 +1,7 @@
 """The one resolution walk, shared by models, tokenizers, timm checkpoints and the status listing.
 
-``walk`` tries the sources in order and stops at the first that has the weights: a local directory,
+``walk`` tries the sources in order and stops at the first that has the weights: files bundled with the
+package (by their name, e.g. ``mmtransfer/tiny-tokenizer``), a local directory,
 the Hugging Face cache, the hub (only when online), then pip-packaged weights (converted once). A
 ``Target`` says what counts as found for each kind. With ``act=False`` the walk downloads, converts and
 logs nothing and answers where the weights are or would come from: that is ``mmtransfer weights list``.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmtransfer.bundled import BUNDLED
 from mmtransfer.errors import WeightsNotFoundError
 from mmtransfer.weights.cache import cache_root, converted_dir, not_installed, prepare, unknown
 from mmtransfer.weights.catalogue import PACKAGED, Packaged
@@ -28,6 +30,7 @@ from mmtransfer.weights.hub import (
 from mmtransfer.weights.substitute import SUBSTITUTE_ENV, substitute_for, substitution_allowed
 
 LOCAL, HF_CACHE, HUB, PACKAGES = "local directory", "Hugging Face cache", "Hugging Face hub", "pip-packaged weights"
+BUNDLE = "bundled with mmtransfer"
 _TIMM_PACKAGED = "a timm checkpoint is packaged, see timm_checkpoint()"
 
 
@@ -103,6 +106,8 @@ def target_for(kind: str) -> Target:
 def walk(name: str, target: Target, act: bool = True) -> tuple[Found | None, list[str]]:
     """Try every source in order for ``name``: the first that has ``target``, and what each earlier
     one answered. ``act=False``: download and convert nothing (where the weights are or would be)."""
+    if target.local and name in BUNDLED:  # files that ship inside the package (the tiny tokenizer)
+        return Found(BUNDLE, BUNDLE, BUNDLED[name]), []
     tried: list[str] = []
     for step in ([_local] if target.local else []) + [_hf_cache, _hub, _packaged]:
         result = step(name, target, act)

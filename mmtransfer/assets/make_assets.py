@@ -1,4 +1,4 @@
-"""Regenerate the sample assets: ``python assets/make_assets.py`` (needs espeak-ng on PATH).
+"""Regenerate the sample assets: ``python mmtransfer/assets/make_assets.py`` (needs espeak-ng on PATH).
 
 sample.png: a red circle and a blue square on white, 224x224, drawn with PIL.
 sample.wav: espeak-ng saying "three five seven", resampled to 16 kHz mono 16-bit PCM.

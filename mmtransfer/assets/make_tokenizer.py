@@ -1,7 +1,7 @@
-"""Make ``assets/tiny-tokenizer``: a 512-token byte-level BPE for tiny test and demo models.
+"""Make ``mmtransfer/assets/tiny-tokenizer``: a 512-token byte-level BPE for tiny test and demo models.
 
 Byte-level, so it encodes any text; trained on a small fixed word list so it is deterministic.
-Run: ``python assets/make_tokenizer.py``.
+Run: ``python mmtransfer/assets/make_tokenizer.py``.
 """
 
 from pathlib import Path
