@@ -69,9 +69,15 @@ def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys
     assert not (tmp_path / "real-run" / "final").exists()
 
 
-def test_weights_list(capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_list_shows_every_known_name_with_its_status(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmtransfer import weights
+
     assert main(["weights", "list"]) == 0
-    assert "SmolLM2" in capsys.readouterr().out
+    header, *table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    cuts = [0] + [header.index(col) for col in ("KIND", "SOURCE", "STATUS")] + [None]  # column starts
+    rows = [[line[a:b].strip() for a, b in zip(cuts, cuts[1:])] for line in table]
+    expected = [[w.name, w.kind, w.source, w.status] for w in weights.known_weights()]
+    assert rows == expected and len(rows) == len(weights.PACKAGED)
 
 
 def test_inference_commands_default_to_the_best_device(monkeypatch: pytest.MonkeyPatch) -> None:
