@@ -152,12 +152,14 @@ def scene_of(row: dict) -> dict:
 def compare_conversation(a: dict, b: dict) -> dict:
     """Two scenes with different counts: which image has more shapes?"""
     answer = "the first" if a["count"] > b["count"] else "the second"
-    return {"messages": [user_message(a["image"], b["image"], "which image has more shapes?"), assistant_message(answer)]}
+    question = user_message(a["image"], b["image"], "which image has more shapes?")
+    return {"messages": [question, assistant_message(answer)]}
 
 
 def dialogue_conversation(scene: dict) -> dict:
     """Two turns about one scene: its colour, then (depending on the first answer) its count."""
-    return {"messages": [user_message(scene["image"], "what colour are the shapes?"), assistant_message(scene["colour"]),
+    return {"messages": [user_message(scene["image"], "what colour are the shapes?"),
+                         assistant_message(scene["colour"]),
                          user_message("and how many are there?"), assistant_message(NUMBERS[scene["count"]])]}
 
 
@@ -180,7 +182,8 @@ def write_conversations(out: Path, seed: int = 0) -> None:
                 {"messages": [user_message(audio, "which digits are played?"), assistant_message(clip["text"])]},
                 {"messages": [user_message(scene["image"], audio, "colour, then digits?"),
                               assistant_message(f"{scene['colour']}; {clip['text']}")]},
-                {"messages": [user_message(f"{text['text']}. positive or negative?"), assistant_message(text["label"])]},
+                {"messages": [user_message(f"{text['text']}. positive or negative?"),
+                              assistant_message(text["label"])]},
             ]
             mixed.append(rng.choice(options + compare[i % max(len(compare), 1) :][:1]))  # a tiny split may have none
         for name, rows in (("compare", compare), ("dialogue", dialogue), ("mixed", mixed)):

@@ -89,7 +89,8 @@ def test_missing_scorer_fails_before_training(tmp_path: Path, capsys: pytest.Cap
     assert line == (f"{recipe}: data[0]: evaluating captioning needs pycocoevalcap, which is not installed: "
                     "pip install 'mmtransfer[metrics]'")
     line = _error(["train", str(_recipe(tmp_path, tensorboard=True))], capsys)
-    assert line == f"{recipe}: tensorboard needs tensorboard, which is not installed: pip install 'mmtransfer[tensorboard]'"
+    assert line == (f"{recipe}: tensorboard needs tensorboard, which is not installed: "
+                    "pip install 'mmtransfer[tensorboard]'")
     assert not (tmp_path / "out").exists()
 
 
