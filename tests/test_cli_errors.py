@@ -114,3 +114,13 @@ def test_log_every_writes_window_means(tmp_path: Path) -> None:
         logger.log_train(step, "s", "a" if step % 2 else "b", loss, 0.1, 1.0, last=step == len(losses))
     rows = sorted((r["step"], r["task"], r["loss"], r["steps"]) for r in logger.records)
     assert rows == [(3, "a", 2.0, 2), (3, "b", 2.0, 1), (6, "a", 5.0, 1), (6, "b", 5.0, 2), (7, "a", 7.0, 1)]
+
+
+def test_converting_gguf_weights_without_gguf_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmtransfer.errors import MissingDependencyError
+    from mmtransfer.weights.convert.gguf import convert_causal_lm
+
+    monkeypatch.setattr(extras, "missing", lambda modules: list(modules))
+    with pytest.raises(MissingDependencyError, match=r"converting m.gguf needs gguf.*mmtransfer\[offline-weights\]"):
+        convert_causal_lm([tmp_path / "m.gguf"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmtransfer.extras import require
+
 
 def convert_causal_lm(files: list[Path], out: Path) -> None:
     """GGUF causal LM -> float32 safetensors + tokenizer. A model loaded from GGUF is flagged as
     quantized and refuses ``save_pretrained``, so its (dequantized) weights go into a fresh model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    require(["gguf"], f"converting {files[0].name}")  # transformers reads GGUF through it
     (gguf,) = files
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
