@@ -47,9 +47,7 @@ def splice(
         at = real & (input_ids == ph_id)
         rows, cols = at.nonzero(as_tuple=True)  # row-major: item k is the k-th occurrence
         if len(rows) != emb.shape[0]:
-            raise ValueError(
-                f"placeholder token id {ph_id} occurs {len(rows)} times but {emb.shape[0]} items were given"
-            )
+            raise ValueError(f"placeholder id {ph_id} occurs {len(rows)} times but {emb.shape[0]} items were given")
         widths[rows, cols] = mask.sum(1).to(widths.dtype)
         is_text &= ~at
         occurrences[ph_id] = (rows, cols)
