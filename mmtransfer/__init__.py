@@ -1,11 +1,19 @@
 """mmtransfer: plug vision and audio encoders into a pretrained causal LM and fine-tune it."""
 
-from mmtransfer.builder import build_model
-from mmtransfer.config import ModelConfig
-from mmtransfer.encoders import ENCODERS, Encoder, build_encoder
-from mmtransfer.model import MultimodalGPT
-from mmtransfer.projectors import PROJECTORS, build_projector
-from mmtransfer.saving import load, save_pretrained
+import logging
+
+# When bitsandbytes is installed, peft imports it, and its CPU backend tries to fetch an optional kernel
+# from the hub at import time; offline that logs two warnings on every command, and the fallback it then
+# uses is the correct (slower) one. Their loggers stay quiet below ERROR.
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+from mmtransfer.builder import build_model  # noqa: E402 (after the logging set-up)
+from mmtransfer.config import ModelConfig  # noqa: E402
+from mmtransfer.encoders import ENCODERS, Encoder, build_encoder  # noqa: E402
+from mmtransfer.model import MultimodalGPT  # noqa: E402
+from mmtransfer.projectors import PROJECTORS, build_projector  # noqa: E402
+from mmtransfer.saving import load, save_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 

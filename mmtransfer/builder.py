@@ -8,6 +8,7 @@ import torch
 
 from mmtransfer.config import ModelConfig, from_dict
 from mmtransfer.decoder import hidden_size, load_decoder, load_tokenizer
+from mmtransfer.dtypes import check_model_config, load_dtype
 from mmtransfer.encoders import build_encoder
 from mmtransfer.errors import ConfigError
 from mmtransfer.modalities import ENCODER_KINDS
@@ -28,7 +29,8 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
     """
     if isinstance(config, dict):
         config = from_dict(ModelConfig, config)
-    decoder = load_decoder(config.decoder)
+    check_model_config(config)  # bad dtypes / attention fail here, before any weight loads
+    decoder = load_decoder(config.decoder, load_dtype(config.decoder.dtype, config.trainable.decoder))
     tokenizer = load_tokenizer(config.decoder, tokenizer_dir)
     encoders, projectors = {}, {}
     for modality in ENCODER_KINDS:
@@ -41,15 +43,15 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
         projectors[modality] = build_projector(
             name, encoders[modality].out_dim, hidden_size(decoder), **proj_cfg
         )
-    model = MultimodalGPT(config, decoder, tokenizer, encoders, projectors)
-    return model.to(torch.float32)
+    return MultimodalGPT(config, decoder, tokenizer, encoders, projectors)  # stores each part in its dtype
 
 
 def _build_encoder(modality: str, cfg: dict[str, Any]):
     cfg = dict(cfg)
     if "name" not in cfg:
         raise ConfigError(f"{modality}_encoder: needs a 'name' (see mmtransfer.list_encoders())")
-    encoder = build_encoder(cfg.pop("name"), **cfg)
+    cfg.pop("dtype", None)  # storage, applied by MultimodalGPT (mmtransfer.dtypes)
+    encoder = build_encoder(cfg.pop("name"), **cfg).to(torch.float32)  # fp32, whatever a checkpoint holds
     if encoder.modality != modality:
         raise ConfigError(f"{modality}_encoder: '{type(encoder).__name__}' is a {encoder.modality} encoder")
     return encoder

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(func=_run_recipes)
     demo = sub.add_parser("demo", help="build a tiny model offline, save, load, caption and transcribe the samples")
     demo.add_argument("--out", default="outputs/demo-model")
+    export = sub.add_parser("export", help="write a model in another library's format (hf: transformers LLaVA)")
+    export.add_argument("checkpoint", help="a directory written by save_pretrained / training")
+    export.add_argument("out", help="the folder to write (replaced atomically; untouched when export is refused)")
+    export.add_argument("--format", default="hf",
+                        help="hf (the one so far): AutoModelForImageTextToText / AutoProcessor open it (LoRA merged)")
+    export.set_defaults(func=_run_export)
     from mmtransfer import cli_weights
 
     cli_weights.add_parser(sub)
@@ -192,7 +198,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                        "checkpoint directory's name)")
     serve.add_argument("--max-batch", type=int, default=16, help="most requests in one generate call")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
-                       help="how long the first waiting request waits for others to batch with")
+                       help="a batch being formed waits this long for the next request to join it")
     serve.add_argument("--max-body-mb", type=float, default=20.0, help="larger request bodies get 413")
     serve.add_argument("--default-max-tokens", type=int, default=128, help="for requests without max_tokens")
     serve.add_argument("--media-dir", default=None, help="a directory image_url parts may name files in "
@@ -223,6 +229,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     from mmtransfer.demo import run_demo
 
     run_demo(args.out)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from mmtransfer.export import export
+
+    out = export(args.checkpoint, args.out, format=args.format)
+    config = json.loads((out / "config.json").read_text())
+    print(f"exported {args.checkpoint} as {config['architectures'][0]} to {out}")
     return 0
 
 

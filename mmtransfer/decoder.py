@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -21,20 +22,30 @@ from mmtransfer import weights
 from mmtransfer.config import DecoderConfig
 from mmtransfer.errors import ConfigError
 from mmtransfer.modalities import PLACEHOLDERS
+from mmtransfer.quantization import bnb_config
 
 
-def load_decoder(cfg: DecoderConfig) -> PreTrainedModel:
-    """Build the LM from ``cfg.config`` (random init, offline) or load pretrained weights for ``cfg.model``."""
+def load_decoder(cfg: DecoderConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Build the LM from ``cfg.config`` (random init, offline) or load pretrained weights for ``cfg.model``,
+    directly in ``dtype`` (a bf16 checkpoint loaded as bf16 makes no fp32 copy), with ``cfg``'s attention
+    implementation; ``device_map`` goes to ``from_pretrained``."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.attn_implementation is not None:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.config is not None:
         hf_config = dict(cfg.config)
         model_type = hf_config.pop("model_type", None)
         if model_type is None:
             raise ConfigError("decoder.config: needs a 'model_type' (e.g. 'gpt2', 'llama')")
-        return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **hf_config))
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **hf_config), **kwargs)
     if not cfg.pretrained:
         hf_config = AutoConfig.from_pretrained(weights.resolve(cfg.model))
-        return AutoModelForCausalLM.from_config(hf_config)
-    return AutoModelForCausalLM.from_pretrained(weights.resolve(cfg.model))
+        return AutoModelForCausalLM.from_config(hf_config, **kwargs)
+    if cfg.device_map is not None:
+        kwargs["device_map"] = cfg.device_map
+    if cfg.quantization is not None:  # checked by mmtransfer.quantization.check_quantization
+        kwargs["quantization_config"] = bnb_config(cfg.quantization)
+    return AutoModelForCausalLM.from_pretrained(weights.resolve(cfg.model), **kwargs)
 
 
 def load_tokenizer(cfg: DecoderConfig, directory: str | None = None) -> PreTrainedTokenizerBase:

@@ -18,7 +18,10 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "metrics"),
     "tensorboard": ("tensorboard", "tensorboard"),
     "av": ("av", "video"),
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
     "gguf": ("gguf", "offline-weights"),
+    "bitsandbytes": ("bitsandbytes", "quantization"),
 }
 
 

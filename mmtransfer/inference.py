@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from mmtransfer.chat import Message, check_conversation
 from mmtransfer.errors import InputError
@@ -45,10 +46,12 @@ class InferenceMixin:
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 16,
+        streamer: BaseStreamer | None = None,
     ) -> str | list[str]:
         """The next assistant turn of one conversation (a list of messages) or of each of a list of them,
         batched. A media part holds a path, a PIL image, or an array / tensor (audio, at the part's
-        ``sample_rate`` or ``sample_rate`` here)."""
+        ``sample_rate`` or ``sample_rate`` here). ``streamer``: a transformers streamer handed to each
+        ``generate`` call (one per ``batch_size`` conversations; it gets their new tokens [b] each step)."""
         single = bool(conversations) and isinstance(conversations[0], dict)
         convs = [list(conversations)] if single else [list(c) for c in conversations]
         for conv in convs:
@@ -58,7 +61,7 @@ class InferenceMixin:
             batch = self.processor(convs[i : i + batch_size], add_generation_prompt=True, sample_rate=sample_rate)
             results += self._generate_batch(
                 to_device(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
-                do_sample=do_sample, temperature=temperature, top_p=top_p,
+                do_sample=do_sample, temperature=temperature, top_p=top_p, streamer=streamer,
             )
         return results[0] if single else results
 

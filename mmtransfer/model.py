@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mmtransfer.chat import template_of
 from mmtransfer.config import ModelConfig, TrainableConfig
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
+from mmtransfer.dtypes import apply_dtypes
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import ConfigError
 from mmtransfer.inference import InferenceMixin
@@ -86,6 +87,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         if self.head is not None:
             self.head.requires_grad_(True)
         self.config.trainable = cfg
+        apply_dtypes(self)
 
     def train(self, mode: bool = True) -> MultimodalGPT:
         """Like ``nn.Module.train``, but frozen encoders stay in eval mode (no dropout / BN updates)."""
@@ -105,7 +107,11 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         if "features" in inputs:
             feats, mask = inputs["features"], inputs["mask"]
         else:
-            feats, mask = self.encoders[modality](**inputs)  # [B, N, D], [B, N]
+            encoder = self.encoders[modality]
+            dtype = next(encoder.parameters()).dtype  # an encoder may be stored in half precision
+            inputs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                      for k, v in inputs.items()}
+            feats, mask = encoder(**inputs)  # [B, N, D], [B, N]
         projector = self.projectors[modality]
         dtype = next(projector.parameters()).dtype  # a frozen encoder may run in half precision
         return projector(feats.to(dtype), mask.bool())
@@ -185,7 +191,8 @@ class MultimodalGPT(InferenceMixin, nn.Module):
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                 output_hidden_states=True, logits_to_keep=1,
             )
-            logits = self.head(out.hidden_states[-1][:, -1])  # left-padded: the last position is real  [B, C]
+            last = out.hidden_states[-1][:, -1]  # left-padded: the last position is real
+            logits = self.head(last.to(self.head.weight.dtype))  # [B, C]
             loss = None
             if class_labels is not None:  # 0 x logits when every row overflowed: the graph stays whole (DDP)
                 loss = F.cross_entropy(logits, class_labels) if len(overflow) < len(logits) else 0.0 * logits.sum()
@@ -215,10 +222,19 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         return (logp * keep).sum(1)
 
     def save_pretrained(self, directory: str, trainable_only: bool = False) -> None:
-        """Write config.json + model.safetensors + tokenizer files; see ``mmtransfer.saving``."""
+        """Write config.json + model.safetensors + tokenizer files + a README.md card; see ``mmtransfer.saving``."""
         from mmtransfer.saving import save_pretrained
 
         save_pretrained(self, directory, trainable_only=trainable_only)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    trainable_only: bool = False, commit_message: str = "Upload mmtransfer model") -> Any:
+        """Upload a ``save_pretrained`` of this model (with its model card) to the hub repository ``repo_id``,
+        created when missing; see ``mmtransfer.saving.push_to_hub``."""
+        from mmtransfer.saving import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, trainable_only=trainable_only,
+                           commit_message=commit_message)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass of the decoder and encoders (less memory, ~30% slower)."""

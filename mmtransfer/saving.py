@@ -1,4 +1,5 @@
-"""Save and load models: ``config.json`` + ``model.safetensors`` + tokenizer files, written atomically.
+"""Save and load models: ``config.json`` + ``model.safetensors`` + tokenizer files + a ``README.md`` model card
+(and ``training.json`` when a training run saved it), written atomically; ``push_to_hub`` uploads such a save.
 
 Loading never unpickles: tensors come from safetensors, the config from JSON. A full save rebuilds
 every component from configs stored in ``config.json`` (no download, no pretrained weights needed);
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,17 +23,42 @@ from mmtransfer.atomic import atomic_dir
 from mmtransfer.config import ConfigError, ModelConfig, from_dict, read_json, to_dict
 from mmtransfer.decoder import decoder_config_dict
 from mmtransfer.model import MultimodalGPT
+from mmtransfer.model_card import TrainingRecord, model_card
+from mmtransfer.quantization import is_quantized
 
 CONFIG_NAME = "config.json"
+TRAINING_NAME = "training.json"
+CARD_NAME = "README.md"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-def save_pretrained(model: MultimodalGPT, directory: str | Path, trainable_only: bool = False) -> Path:
-    """Write ``model`` to ``directory`` (replacing it atomically: a reader sees the old or the new save)."""
+def save_pretrained(model: MultimodalGPT, directory: str | Path, trainable_only: bool = False,
+                    training: TrainingRecord | None = None, repo_id: str | None = None) -> Path:
+    """Write ``model`` to ``directory`` (replacing it atomically: a reader sees the old or the new save), with a
+    README.md model card. ``training``: what a run trained on and its last metrics (default: the record the model
+    was loaded with, if any), kept in training.json; ``repo_id``: the hub repository the card names."""
+    record = training or getattr(model, "training_record", None)
+    trainable_only = trainable_only or is_quantized(model.decoder)  # a bitsandbytes base reloads from its source
     with atomic_dir(directory) as tmp:
         _write(model, tmp, trainable_only)
+        if record is not None:
+            (tmp / TRAINING_NAME).write_text(json.dumps(dataclasses.asdict(record), indent=2))
+        model_card(model, record, trainable_only=trainable_only, repo_id=repo_id).save(tmp / CARD_NAME)
     return Path(directory)
+
+
+def push_to_hub(model: MultimodalGPT, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                trainable_only: bool = False, commit_message: str = "Upload mmtransfer model") -> Any:
+    """Create the hub repository ``repo_id`` (when missing) and upload a ``save_pretrained`` of ``model`` (card
+    included) as one commit; returns huggingface_hub's ``CommitInfo``."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", trainable_only=trainable_only, repo_id=repo_id)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, commit_message=commit_message)
 
 
 def _write(model: MultimodalGPT, directory: Path, trainable_only: bool) -> None:
@@ -42,7 +70,8 @@ def _write(model: MultimodalGPT, directory: Path, trainable_only: bool) -> None:
         base = _unwrapped(model.decoder)
         config.decoder = dataclasses.replace(config.decoder, pretrained=False, config=decoder_config_dict(base))
         for modality, encoder in model.encoders.items():
-            setattr(config, f"{modality}_encoder", encoder.to_config())
+            dtype = {k: v for k, v in (getattr(config, f"{modality}_encoder") or {}).items() if k == "dtype"}
+            setattr(config, f"{modality}_encoder", encoder.to_config() | dtype)  # the storage dtype stays
         save_model(model, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})  # handles tied weights
     payload = {"mmtransfer_version": FORMAT_VERSION, "weights": "trainable" if trainable_only else "full"}
     (directory / CONFIG_NAME).write_text(json.dumps(payload | to_dict(config), indent=2))
@@ -74,7 +103,13 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> Multimoda
         text = str(err) if len(str(err)) <= 300 else str(err)[:300] + "..."
         raise ConfigError(f"{directory / CONFIG_NAME}: cannot build the model it describes: {text}") from err
     _load_tensors(model, directory / WEIGHTS_NAME, strict=kind == "full")
+    model.training_record = _training_record(directory / TRAINING_NAME)
     return model.to(resolve_device(device)).eval()
+
+
+def _training_record(path: Path) -> TrainingRecord | None:
+    """The training record saved beside a model, or None when it has none."""
+    return from_dict(TrainingRecord, read_json(path), where=str(path)) if path.exists() else None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

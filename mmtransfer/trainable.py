@@ -48,7 +48,10 @@ def apply_policy(module: nn.Module, policy: str) -> None:
 
 def add_lora(decoder: nn.Module, cfg: LoraConfig) -> nn.Module:
     """Wrap the decoder with peft LoRA adapters; only the adapters train. GPT-2-style decoders store
-    their projections as transposed ``Conv1D`` weights, which LoRA must know (``fan_in_fan_out``)."""
+    their projections as transposed ``Conv1D`` weights, which LoRA must know (``fan_in_fan_out``). A bitsandbytes
+    base needs nothing more: peft's ``prepare_model_for_kbit_training`` would only cast its unquantised parts to
+    fp32 (``decoder.dtype`` decides them) and make inputs require gradients, which gradient checkpointing
+    (``MultimodalGPT.enable_gradient_checkpointing``) does not need."""
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

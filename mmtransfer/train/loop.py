@@ -10,21 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from mmtransfer.builder import build_model
 from mmtransfer.data import DataError, Skip
 from mmtransfer.errors import ConfigError, WeightsNotFoundError
 from mmtransfer.model import MultimodalGPT
+from mmtransfer.model_card import training_record
 from mmtransfer.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
 from mmtransfer.train.config import StageConfig, TrainConfig
 from mmtransfer.train.data import TrainData, build_data
 from mmtransfer.train.logger import RunLogger
 from mmtransfer.train.optim import make_optimizer
-from mmtransfer.train.precision import half_dtype, resolve_precision
+from mmtransfer.train.precision import enable_cpu_fp16, half_dtype, resolve_precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,6 +65,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         saved = ckpt.read_state(resume_dir)
         state = RunState(**saved["run"])
         data.load_state_dict(saved["data"])
+        if acc.scaler is not None and saved.get("scaler"):  # fp16: the loss scale goes on where it was
+            acc.scaler.load_state_dict(saved["scaler"])
     logger = RunLogger(out, enabled=acc.is_main_process, every=cfg.log_every, tensorboard=cfg.tensorboard)
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.step, disable=not acc.is_main_process,
                desc="train", dynamic_ncols=True)
@@ -76,7 +81,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     metrics = _eval_and_keep_best(model, data, cfg, acc, state, logger)
     if acc.is_main_process:
         _check_finite(model, state)
-        save_pretrained(model, out / "final")
+        save_pretrained(model, out / "final", training=training_record(cfg, metrics, state.step))
         logger.finish()
         for task, reference, prediction in data.examples(model, 4, cfg.max_new_tokens):
             print(f"[{task}] reference: {reference!r}  prediction: {prediction!r}")
@@ -98,19 +103,27 @@ def _initial_model(cfg: TrainConfig, resume_dir: Path | None) -> MultimodalGPT:
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cpu" and parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        raise ConfigError("ACCELERATE_USE_FSDP: Accelerate shards with FSDP on GPUs only; on the CPU it would "
+                          "silently replicate the whole model on every process; supported on CPU: DDP (unset it, "
+                          "or `accelerate config` without FSDP)")
     mixed = resolve_precision(cfg.precision, device_type)
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=len(cfg.data) > 1)]
-    return Accelerator(
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mixed) and not dist.is_initialized():
+        AcceleratorState._reset_state()  # a later run in this process with another precision (tests, notebooks)
+    acc = Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accum,
         cpu=device_type == "cpu", kwargs_handlers=kwargs,
     )
+    enable_cpu_fp16(acc)
+    return acc
 
 
 def _place(model: MultimodalGPT, acc: Accelerator, cfg: TrainConfig) -> None:
     """Move to the device; frozen encoders may run in half precision on GPU; gradient checkpointing."""
     model.to(acc.device)
     dtype = half_dtype(acc.mixed_precision)
-    if dtype is not None and cfg.half_frozen_encoders:
+    if dtype is not None and cfg.half_frozen_encoders and acc.device.type == "cuda":
         for encoder in model.encoders.values():
             if not any(p.requires_grad for p in encoder.parameters()):
                 encoder.to(dtype)
@@ -175,7 +188,12 @@ def _train_step(
                 opt.zero_grad(set_to_none=True)
                 _count_nonfinite(state, cfg, f"gradient norm {float(norm)}")
                 return loss.item()
+        scale = acc.scaler.get_scale() if acc.scaler is not None else None
         opt.step()
+        if scale is not None and acc.sync_gradients and acc.scaler.get_scale() < scale:  # fp16: backed off
+            opt.zero_grad(set_to_none=True)
+            _count_nonfinite(state, cfg, f"fp16 gradient (loss scale {scale:g} -> {acc.scaler.get_scale():g})")
+            return loss.item()
         sched.step()
         opt.zero_grad(set_to_none=True)
     state.nonfinite_in_row = 0
@@ -235,7 +253,7 @@ def _eval_and_keep_best(
     value = metrics[key] if higher else -metrics[key]
     if not math.isnan(value) and (state.best is None or value > state.best) and not _nonfinite_params(model):
         state.best = value
-        save_pretrained(model, Path(cfg.output_dir) / "best")
+        save_pretrained(model, Path(cfg.output_dir) / "best", training=training_record(cfg, metrics, state.step))
     return metrics
 
 
@@ -251,8 +269,9 @@ def _save_checkpoint(
     _check_finite(model, state)
     acc.wait_for_everyone()
     if acc.is_main_process:
+        scaler = acc.scaler.state_dict() if acc.scaler is not None else None
         ckpt.save_checkpoint(Path(cfg.output_dir) / "checkpoint", model, opt, sched,
-                             {"run": asdict(state), "data": data.state_dict()})
+                             {"run": asdict(state), "data": data.state_dict(), "scaler": scaler})
     acc.wait_for_everyone()
     return True
 
