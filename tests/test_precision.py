@@ -14,7 +14,7 @@ import torch
 import mmtransfer
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import checkpoint, loop, train
-from mmtransfer.train import data as train_data
+from tests.runs import interrupt_then_resume
 from tests.test_numerics import _cfg, _record_saves
 
 # bf16 keeps 8 bits of mantissa (fp16 10): a tiny model's loss under autocast stays within this of fp32's
@@ -108,23 +108,6 @@ def test_fp16_gradient_overflow_is_a_skipped_counted_step_and_backs_the_scale_of
         assert all(torch.isfinite(p).all() for p in mmtransfer.load(directory).parameters())
 
 
-def _interrupted_then_resumed(cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``cfg``, interrupted during step 5 (after the step-3 checkpoint), then resume it."""
-    real_next, calls = train_data.TrainData.next_batch, {"n": 0}
-
-    def interrupted(self: train_data.TrainData) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_next(self)
-
-    monkeypatch.setattr(train_data.TrainData, "next_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(train_data.TrainData, "next_batch", real_next)
-    train(cfg, resume=True)
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_resume_is_exact_in_mixed_precision(
     precision: str, synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -134,7 +117,7 @@ def test_resume_is_exact_in_mixed_precision(
     calls = _overflow_at(monkeypatch, {2} if precision == "fp16" else set())
     train(_cfg(synthetic, tmp_path / "a", 6, *args))
     calls["n"] = 0
-    _interrupted_then_resumed(_cfg(synthetic, tmp_path / "b", 6, *args), monkeypatch)
+    interrupt_then_resume(_cfg(synthetic, tmp_path / "b", 6, *args), monkeypatch, at_batch=5)
     assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
     assert len(_losses(tmp_path / "a")) == 6
     a, b = mmtransfer.load(tmp_path / "a" / "final"), mmtransfer.load(tmp_path / "b" / "final")

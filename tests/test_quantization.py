@@ -20,8 +20,8 @@ from mmtransfer.bundled import RECIPES
 from mmtransfer.errors import ConfigError, MissingDependencyError
 from mmtransfer.quantization import is_quantized
 from mmtransfer.synthetic import write_all
-from mmtransfer.train import data as train_data
 from mmtransfer.train import load_train_config, train
+from tests.runs import interrupt_then_resume
 from tests.test_train import _losses, _overrides
 from tests.tiny_models import DECODERS, IMAGE_ENCODER, TOKENIZER
 
@@ -178,19 +178,6 @@ def test_a_qlora_run_trains_checkpoints_and_resumes_exactly(llama_dir: Path, tmp
              "data.0.eval=null"]
     train(load_train_config(path, _overrides(path, data, tmp_path / "a", 4) + model))
     cfg = load_train_config(path, _overrides(path, data, tmp_path / "b", 4) + model)
-    real_next = train_data.TrainData.next_batch
-    calls = {"n": 0}
-
-    def interrupted(self: train_data.TrainData):  # noqa: ANN202
-        calls["n"] += 1
-        if calls["n"] == 4:  # during step 4: after the step-2 checkpoint
-            raise KeyboardInterrupt
-        return real_next(self)
-
-    monkeypatch.setattr(train_data.TrainData, "next_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(train_data.TrainData, "next_batch", real_next)
-    train(cfg, resume=True)
+    interrupt_then_resume(cfg, monkeypatch, at_batch=4)  # during step 4: after the step-2 checkpoint
     assert dict(_losses(tmp_path / "b")) == dict(_losses(tmp_path / "a"))
     assert is_quantized(mmtransfer.load(tmp_path / "b" / "final").decoder)

@@ -19,7 +19,7 @@ from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.config import ConfigError
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import NonFiniteLossError, load_train_config, loop, train
-from mmtransfer.train import data as train_data
+from tests.runs import interrupt_then_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(RECIPES.glob("*.yaml"))
@@ -95,20 +95,7 @@ def test_resume_after_interrupt_continues_the_same_run(synthetic: Path, tmp_path
     train(full)
 
     cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "b", 6) + ["save_every=3"])
-    real_next = train_data.TrainData.next_batch
-    calls = {"n": 0}
-
-    def interrupted(self: train_data.TrainData):  # noqa: ANN202
-        calls["n"] += 1
-        if calls["n"] == 5:  # during step 5: after the step-3 checkpoint
-            raise KeyboardInterrupt
-        return real_next(self)
-
-    monkeypatch.setattr(train_data.TrainData, "next_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(train_data.TrainData, "next_batch", real_next)
-    train(cfg, resume=True)
+    interrupt_then_resume(cfg, monkeypatch, at_batch=5)  # during step 5: after the step-3 checkpoint
     resumed = {s: loss for s, loss in _losses(tmp_path / "b")}  # later lines win: the resumed ones
     assert resumed == dict(_losses(tmp_path / "a"))
 
