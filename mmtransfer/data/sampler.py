@@ -47,7 +47,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Use ``epoch``'s order; the next iteration begins at its batch ``start``."""
+        """Use ``epoch``'s order; iterations begin at its batch ``start`` until the next ``set_epoch``."""
         if not 0 <= start <= self.batches_per_epoch():
             raise ValueError(f"start {start} is not in [0, {self.batches_per_epoch()}]")
         self.epoch, self.start = epoch, start
@@ -73,8 +73,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches[self.rank :: self.world_size][: self.batches_per_epoch()]
 
     def __iter__(self) -> Iterator[list[int]]:
-        start, self.start = self.start, 0  # now, not at the first next(): a resume position is used once
-        return iter(self.batches()[start:])
+        # ``start`` holds until the next ``set_epoch``: a DataLoader with worker processes calls ``iter`` on
+        # its sampler twice when it builds one iterator, so resetting it here lost the resume position there.
+        return iter(self.batches()[self.start :])
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start
