@@ -16,7 +16,7 @@ from mmtransfer.config import ModelConfig, TrainableConfig
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.dtypes import apply_dtypes
 from mmtransfer.encoders.base import Encoder
-from mmtransfer.errors import ConfigError
+from mmtransfer.errors import ConfigError, InputError
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.modalities import MODALITIES
 from mmtransfer.processing import Processor
@@ -160,7 +160,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         limit = context_length(self.decoder)
         if limit is not None and length + new_tokens > limit:
             extra, fix = (f" + {new_tokens} new tokens", " or lower max_new_tokens") if new_tokens else ("", "")
-            raise ConfigError(
+            raise InputError(
                 f"input of {length} positions (prefix + prompt + target){extra} exceeds the decoder's context of "
                 f"{limit}: shorten the text, use fewer prefix tokens{fix}"
             )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from mmtransfer.train import data as train_data
-from mmtransfer.train import train
+from mmtransfer.train import loop, train
 
 
 def interrupt_then_resume(cfg: Any, monkeypatch: pytest.MonkeyPatch, at_batch: int) -> None:
@@ -25,3 +26,17 @@ def interrupt_then_resume(cfg: Any, monkeypatch: pytest.MonkeyPatch, at_batch: i
         train(cfg)
     monkeypatch.setattr(train_data.TrainData, "next_batch", real_next)
     train(cfg, resume=True)
+
+
+def record_weight_changes(monkeypatch: pytest.MonkeyPatch) -> dict[int, bool]:
+    """Step -> whether that training step changed any parameter (filled as the run goes)."""
+    real_step, changed = loop._train_step, {}
+
+    def step(model_p: torch.nn.Module, batch: dict, opt: Any, sched: Any, cfg: Any, acc: Any, state: Any) -> float:
+        before = [p.detach().clone() for p in model_p.parameters()]
+        loss = real_step(model_p, batch, opt, sched, cfg, acc, state)
+        changed[state.step + 1] = any(not torch.equal(a, p) for a, p in zip(before, model_p.parameters()))
+        return loss
+
+    monkeypatch.setattr(loop, "_train_step", step)
+    return changed

@@ -17,7 +17,8 @@ import mmtransfer
 from mmtransfer.bundled import RECIPES
 from mmtransfer.data.collate import Collator
 from mmtransfer.synthetic import write_all
-from mmtransfer.train import NonFiniteLossError, checkpoint, load_train_config, loop, train
+from mmtransfer.train import NonFiniteLossError, checkpoint, load_train_config, train
+from tests.runs import record_weight_changes
 from tests.test_train import _overrides
 
 ASR = RECIPES / "asr-tiny.yaml"
@@ -82,7 +83,7 @@ def test_too_high_learning_rate_stops_the_run_and_keeps_the_last_good_checkpoint
 def test_an_inf_input_feature_skips_that_update_counts_it_and_the_run_goes_on(
     synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_media, real_step = Collator._media, loop._train_step
+    real_media = Collator._media
     calls = {"media": 0}
 
     def media(self: Collator, rendered: list) -> dict[str, dict[str, torch.Tensor]]:
@@ -92,16 +93,8 @@ def test_an_inf_input_feature_skips_that_update_counts_it_and_the_run_goes_on(
             inputs["audio"]["input_features"][0, 2, 5] = float("inf")
         return inputs
 
-    changed: dict[int, bool] = {}
-
-    def step(model_p: torch.nn.Module, batch: dict, opt: Any, sched: Any, cfg: Any, acc: Any, state: Any) -> float:
-        before = [p.detach().clone() for p in model_p.parameters()]
-        loss = real_step(model_p, batch, opt, sched, cfg, acc, state)
-        changed[state.step + 1] = any(not torch.equal(a, p) for a, p in zip(before, model_p.parameters()))
-        return loss
-
     monkeypatch.setattr(Collator, "_media", media)
-    monkeypatch.setattr(loop, "_train_step", step)
+    changed = record_weight_changes(monkeypatch)
     out = tmp_path / "run"
     train(_cfg(synthetic, out, 4, "data.0.eval=null"))
     losses = {r["step"]: r["loss"] for r in _rows(out) if "loss" in r}

@@ -14,7 +14,7 @@ import torch
 import mmtransfer
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import checkpoint, loop, train
-from tests.runs import interrupt_then_resume
+from tests.runs import interrupt_then_resume, record_weight_changes
 from tests.test_numerics import _cfg, _record_saves
 
 # bf16 keeps 8 bits of mantissa (fp16 10): a tiny model's loss under autocast stays within this of fp32's
@@ -87,15 +87,7 @@ def test_fp16_gradient_overflow_is_a_skipped_counted_step_and_backs_the_scale_of
     synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _overflow_at(monkeypatch, {3})
-    real_step, changed = loop._train_step, {}
-
-    def step(model_p: torch.nn.Module, batch: dict, opt: Any, sched: Any, cfg: Any, acc: Any, state: Any) -> float:
-        before = [p.detach().clone() for p in model_p.parameters()]
-        loss = real_step(model_p, batch, opt, sched, cfg, acc, state)
-        changed[state.step + 1] = any(not torch.equal(a, p) for a, p in zip(before, model_p.parameters()))
-        return loss
-
-    monkeypatch.setattr(loop, "_train_step", step)
+    changed = record_weight_changes(monkeypatch)
     saves = _record_saves(monkeypatch)
     out = tmp_path / "run"
     train(_cfg(synthetic, out, 5, "data.0.eval=null", "precision=fp16", "save_every=1", "max_nonfinite=3"))
