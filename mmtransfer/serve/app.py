@@ -61,6 +61,9 @@ class ServeSettings:
     media_dir: Path | None = None
 
 
+DRAIN_BYTES = 64 * 2**20  # past this much unread body a refused client is cut off without an answer
+
+
 class BodyLimit:
     """ASGI middleware: reads a request's whole body and answers 413 once it passes ``max_bytes``."""
 
@@ -72,7 +75,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+            return await self._refuse(scope, receive, send, more=True)
         body, more = bytearray(), True
         while more:
             message = await receive()
@@ -81,7 +84,7 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                return await self._refuse(scope, receive, send)
+                return await self._refuse(scope, receive, send, more)
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -93,7 +96,17 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any, more: bool) -> None:
+        """Answer 413. The unread rest of the body is read and dropped first (up to ``DRAIN_BYTES``):
+        closing a socket with unread data makes the kernel send a reset, and the client may then lose
+        the answer before reading it."""
+        drained = 0
+        while more and drained < DRAIN_BYTES:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
         limit = f"{self.max_bytes / 2**20:g} MB"
         body = error(f"the request body is over the server's limit of {limit} (--max-body-mb)", code="too_large")
         await JSONResponse(body, 413, headers={"connection": "close"})(scope, receive, send)
