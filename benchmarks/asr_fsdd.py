@@ -108,7 +108,8 @@ def read_rows(manifest: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
 
 
-def whisper_zero_shot(manifest: Path, batch_size: int = 16) -> tuple[list[str], list[str], float]:
+def whisper_zero_shot(manifest: Path, batch_size: int = 16, max_new_tokens: int = 24
+                      ) -> tuple[list[str], list[str], float]:
     """Whisper tiny.en's own greedy transcripts (30 s window, as released); (predictions, refs, wall s)."""
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -126,7 +127,7 @@ def whisper_zero_shot(manifest: Path, batch_size: int = 16) -> tuple[list[str], 
             chunk = rows[i : i + batch_size]
             waves = [load_audio(str(manifest.parent / r["audio"]), 16000) for r in chunk]
             feats = proc.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
-            out = model.generate(feats, max_new_tokens=24)
+            out = model.generate(feats, max_new_tokens=max_new_tokens)
             preds += proc.batch_decode(out, skip_special_tokens=True)
     return preds, [r["text"] for r in rows], t["s"]
 
