@@ -14,8 +14,8 @@ Rows (``--parts``, comma-separated), one run:
 
 * ``whisper``: ``WhisperForConditionalGeneration`` (openai/whisper-tiny.en, 30 s window, greedy), zero-shot.
 * ``pretrained`` / ``tenth``: ``mmtransfer/recipes/asr-sentences.yaml`` (frozen Whisper tiny.en encoder with
-  an 8 s window, frame stacking k=8, SmolLM2-135M-Instruct + LoRA r=16) on all training utterances / on every
-  10th, same steps.
+  an 8 s window, frame stacking k=16, SmolLM2-135M-Instruct + LoRA r=16, batch 8) on all training utterances / on every
+  10th, same steps. The first of these rows also fills the encoder's feature cache (its time includes that).
 * ``scratch`` / ``scratch_tenth``: the same architecture with a randomly initialised SmolLM2 (its config),
   decoder fully trained, same steps.
 
@@ -106,12 +106,29 @@ def synthesise(work: Path, split: str, texts: list[str], accents: tuple[str, ...
     return write_jsonl(work / f"{split}.jsonl", rows)
 
 
+def peer_transcripts(work: Path, test: Path) -> tuple[list[str], list[str], float]:
+    """Whisper tiny.en's transcripts of ``test``, kept in ``work`` for reruns of the same test manifest
+    (the peer's output does not change between runs, and it costs minutes on a CPU)."""
+    import hashlib
+    import json
+
+    saved = work / "whisper_test.json"
+    digest = hashlib.sha256(test.read_bytes()).hexdigest()
+    if saved.exists() and json.loads(saved.read_text())["manifest_sha256"] == digest:
+        kept = json.loads(saved.read_text())
+        return kept["predictions"], kept["references"], kept["seconds"]
+    preds, refs, secs = whisper_zero_shot(test, max_new_tokens=48)
+    saved.write_text(json.dumps({"manifest_sha256": digest, "predictions": preds, "references": refs,
+                                 "seconds": secs}))
+    return preds, refs, secs
+
+
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "asr_sentences")
     p.add_argument("--parts", default="whisper,pretrained,tenth,scratch,scratch_tenth")
     p.add_argument("--train", type=int, default=3000, help="training utterances")
     p.add_argument("--test", type=int, default=300, help="test utterances")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=150)
     args = p.parse_args()
     if shutil.which("espeak-ng") is None:
         print("skipped: espeak-ng is not installed (Debian / Ubuntu: apt-get install espeak-ng)")
@@ -132,14 +149,14 @@ def main() -> None:
 
     peer = ""
     if "whisper" in parts:
-        preds, refs, secs = whisper_zero_shot(test, max_new_tokens=48)
+        preds, refs, secs = peer_transcripts(work, test)
         m = score(preds, refs)
         peer = f"Whisper tiny.en zero-shot: WER {m['wer']:.3f}"
         res.add(task, "Whisper tiny.en zero-shot (30 s window, greedy)", 0, None, "WER", m["wer"],
                 cer=round(m["cer"], 4), eval_s=round(secs, 1), examples=list(zip(refs[:5], preds[:5])))
 
     rows = {
-        "pretrained": (train, [], "Whisper-tiny.en enc (frozen, 8 s) + frame-stack k=8 + SmolLM2 pretrained, LoRA r=16"),
+        "pretrained": (train, [], "Whisper-tiny.en enc (frozen, 8 s) + frame-stack k=16 + SmolLM2 pretrained, LoRA r=16"),
         "tenth": (tenth, [], "same, a tenth of the data"),
         "scratch": (train, SCRATCH, "same, SmolLM2 architecture random-init, decoder fully trained (lr 3e-4)"),
         "scratch_tenth": (tenth, SCRATCH, "same, random-init decoder, a tenth of the data"),
@@ -153,7 +170,7 @@ def main() -> None:
         _, secs = run_recipe(CONFIGS / "asr-sentences.yaml", overrides)
         preds, refs, eval_s = ours(out / "final", test, 40)
         m = score(preds, refs)
-        res.add(task, method, f"{len(read_rows(manifest))} utts x {args.steps} steps (bs 16)", secs, "WER",
+        res.add(task, method, f"{len(read_rows(manifest))} utts x {args.steps} steps (bs 8)", secs, "WER",
                 m["wer"], peer, cer=round(m["cer"], 4), eval_s=round(eval_s, 1),
                 examples=list(zip(refs[:5], preds[:5])))
     res.finish()
