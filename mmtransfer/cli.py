@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--n-train", type=int, default=400)
     make.add_argument("--n-test", type=int, default=60)
     make.add_argument("--seed", type=int, default=0)
+    shards = sub.add_parser("make-shards", help="write a JSONL manifest as WebDataset shards, Parquet files or a "
+                                               "datasets save_to_disk directory (streaming sources)")
+    shards.add_argument("manifest", help="a JSONL manifest or conversation file")
+    shards.add_argument("out_dir")
+    shards.add_argument("--task", required=True, help="the manifest's task: captioning, vqa, asr, classification, chat")
+    shards.add_argument("--format", choices=("webdataset", "parquet", "hf-dir"), default="webdataset")
+    shards.add_argument("--per-shard", type=int, default=1000, help="samples per tar / Parquet file")
+    shards.set_defaults(func=_run_make_shards)
     recipes = sub.add_parser("recipes", help="list the bundled recipes (`mmtransfer train NAME` runs one)")
     recipes.set_defaults(func=_run_recipes)
     demo = sub.add_parser("demo", help="build a tiny model offline, save, load, caption and transcribe the samples")
@@ -178,6 +186,19 @@ def _run_make_data(args: argparse.Namespace) -> int:
 
     out = write_all(args.out_dir, args.n_train, args.n_test, args.seed)
     print(f"wrote synthetic data sets under {out}")
+    return 0
+
+
+def _run_make_shards(args: argparse.Namespace) -> int:
+    from mmtransfer.data import convert
+
+    if args.format == "webdataset":
+        written = convert.write_shards(args.manifest, args.task, args.out_dir, per_shard=args.per_shard)
+    elif args.format == "parquet":
+        written = convert.write_parquet(args.manifest, args.task, args.out_dir, per_file=args.per_shard)
+    else:
+        written = [convert.write_hf_dir(args.manifest, args.task, args.out_dir, paths=False)]
+    print(f"wrote {len(written)} {args.format} file(s) under {args.out_dir}")
     return 0
 
 

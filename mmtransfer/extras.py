@@ -22,6 +22,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "uvicorn": ("uvicorn", "serve"),
     "gguf": ("gguf", "offline-weights"),
     "bitsandbytes": ("bitsandbytes", "quantization"),
+    "webdataset": ("webdataset", "streaming"),
+    "datasets": ("datasets", "streaming"),
 }
 
 

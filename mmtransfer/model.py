@@ -19,6 +19,7 @@ from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import ConfigError, InputError
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.modalities import MODALITIES
+from mmtransfer.packing import pack, packed_loss, target_positions
 from mmtransfer.processing import Processor
 from mmtransfer.splice import IGNORE_INDEX, splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy
@@ -27,11 +28,14 @@ from mmtransfer.trainable import add_lora, apply_policy, check_policy
 @dataclass
 class Output:
     """``loss`` (scalar, or None without targets) and ``logits``: [B, L, V] for the LM, [B, C] for a head;
-    ``overflow``: rows left out of the loss because prefix + text exceeds the decoder's context."""
+    ``overflow``: rows left out of the loss because prefix + text exceeds the decoder's context.
+    A packed batch (``pack_tokens``): ``logits`` [K, V] at the K positions that predict a target, and
+    ``sample_loss`` [B], each sample's mean target loss (NaN without targets); see ``mmtransfer.packing``."""
 
     loss: torch.Tensor | None
     logits: torch.Tensor
     overflow: list[int] = field(default_factory=list)
+    sample_loss: torch.Tensor | None = None
 
 
 class MultimodalGPT(InferenceMixin, nn.Module):
@@ -173,11 +177,17 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         image: dict[str, torch.Tensor] | None = None,
         audio: dict[str, torch.Tensor] | None = None,
         class_labels: torch.Tensor | None = None,
+        pack_tokens: int | torch.Tensor | None = None,
     ) -> Output:
         """LM loss on target tokens only, or (with a classification head) cross-entropy on ``class_labels`` [B].
 
         Logits: [B, L, V] without labels; with labels, [B, k, V] for the last k positions (see
-        ``_target_window``); [B, C] with a head."""
+        ``_target_window``); [B, C] with a head. ``pack_tokens`` (with labels, LM only): pack the spliced
+        samples into decoder rows of at most that many positions, each sample attending to itself only
+        (``mmtransfer.packing``): the same loss with less padding; logits [K, V] at the target positions."""
+        if pack_tokens is not None and self.head is not None:
+            raise ConfigError("packing: needs the LM loss (classifier: lm); a classification head reads each "
+                              "row's last position")
         training = labels is not None or class_labels is not None
         embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, check=not training,
                                                      image=image, audio=audio)
@@ -200,6 +210,8 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         if labels is None:
             out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
             return Output(None, out.logits)
+        if pack_tokens is not None:
+            return self._forward_packed(embeds, mask, positions, labels, int(pack_tokens), overflow)
         # Rows are left-padded and targets come last, so every target lies in the last ``keep`` positions: the
         # LM head (vocab x width, the largest matmul of a small decoder) runs on those only, not on the prefix
         # and prompt whose labels are all ignored. Same loss; logits are [B, keep, V] for that window.
@@ -208,6 +220,19 @@ class MultimodalGPT(InferenceMixin, nn.Module):
                            labels=labels[:, -keep:], logits_to_keep=keep)
         loss = out.loss if bool(labels.ne(IGNORE_INDEX).any()) else 0.0 * out.logits.sum()
         return Output(loss, out.logits, overflow)
+
+    def _forward_packed(
+        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,
+        budget: int, overflow: list[int],
+    ) -> Output:
+        """The LM loss of a spliced batch run as packed rows (see ``mmtransfer.packing``)."""
+        attn = getattr(self.decoder.config, "_attn_implementation", None) or "sdpa"
+        packed = pack(embeds, mask, positions, labels, budget, attn)
+        keep = target_positions(packed.labels)  # none: logits [0, V], every parameter still in the graph (DDP)
+        out = self.decoder(inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
+                           position_ids=packed.position_ids, logits_to_keep=keep)
+        loss, per_sample = packed_loss(out.logits, packed, keep)
+        return Output(loss, out.logits, overflow, sample_loss=per_sample)
 
     def sequence_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
         """Sum of log-probabilities of each row's target tokens: [B]. Used to score label words."""

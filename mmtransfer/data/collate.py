@@ -15,7 +15,7 @@ from mmtransfer.modalities import modality
 from mmtransfer.splice import IGNORE_INDEX
 from mmtransfer.tasks import Task, get_task
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels")
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels", "pack_tokens")
 MEDIA_ERRORS = (ValueError, RuntimeError, OSError)
 RENDER_ERRORS = (ValueError, TemplateError)  # TemplateError: a chat template's raise_exception
 
@@ -35,6 +35,8 @@ class Collator:
     - not tensors: ``task`` (name), ``references`` (list[list[str]]), ``sources`` ((file, line) per row),
       ``n_skipped`` (items dropped), ``skipped`` (their ``Skip`` records) and ``on_error`` (for problems the
       model finds later: a row whose prefixes and text exceed the decoder's context).
+    - with ``pack_tokens``: ``pack_tokens`` (a 0-d tensor), the row budget the model packs the spliced samples
+      under (``mmtransfer.packing``; the model packs, since prefix lengths are known only after the encoders).
 
     Items are dropped (or raise ``DataError`` with ``on_error="raise"``) when their file did not decode (a
     ``Skip`` from the dataset), when the encoder's preprocessing rejects their media (e.g. audio shorter than
@@ -54,8 +56,12 @@ class Collator:
         on_error: str = "skip",
         max_text_tokens: int | None = None,
         loss_on: str = "all",
+        pack_tokens: int | None = None,
     ) -> None:
         check_on_error(on_error)
+        if pack_tokens is not None and pack_tokens < 1:
+            raise ValueError(f"pack_tokens must be >= 1, got {pack_tokens}")
+        self.pack_tokens = pack_tokens
         self.task = get_task(task)
         self.processor = model.processor
         self.template = model.prompt_template(self.task.api) if self.task.api != "chat" else ""
@@ -101,6 +107,8 @@ class Collator:
         batch.update(self.processor.pad(rendered, labels=self.class_names is None))
         if self.class_names is not None:
             batch["class_labels"] = torch.tensor([self._class_index(x) for x in items])
+        if self.pack_tokens is not None:
+            batch["pack_tokens"] = torch.tensor(self.pack_tokens)
         return batch
 
     def _render(self, items: list[dict[str, Any]]) -> tuple[list[Rendered | None], dict[int, str]]:

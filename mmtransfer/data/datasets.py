@@ -75,7 +75,11 @@ class TaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> Item | Skip:
         i, target = self.entries[index]
-        sample = self.samples[i]
+        return self.item(self.samples[i], target, i)
+
+    def item(self, sample: Sample, target: str, i: int = 0) -> Item | Skip:
+        """One sample's item for ``target`` (media decoded), or its ``Skip``; ``i`` names it when it has no
+        ``source``. Streaming datasets call this for the samples they read."""
         item = {**sample, "target": target, "references": self.task.references(sample)}
         modality = self.task.modality
         try:
@@ -92,7 +96,8 @@ class TaskDataset(Dataset):
             if skip not in self.skipped:  # once, however many epochs read it
                 report(skip, self.on_error, self.skipped)
             return skip
-        item["file"] = sample[modality]
+        if isinstance(sample[modality], str):  # a path (in-memory media, a ``Blob``, has none)
+            item["file"] = sample[modality]
         if modality == "audio":
             item["sample_rate"] = self.sample_rate
         return item
@@ -108,6 +113,8 @@ class TaskDataset(Dataset):
             if part["type"] != "text":
                 spec, value = modality_of(part["type"]), part[part["type"]]
                 cached = spec.name == spec.encoder and self._is_cached(spec.name, value)
+                if not cached and hasattr(value, "open"):  # a streaming ``Blob``: decode it first
+                    part = {**part, part["type"]: value.open(part["type"], self.sample_rate)}
                 part = {**part, "raw": None if cached else spec.load(part, self.sample_rate, self.video_frames)}
                 if isinstance(value, str):
                     part["file"] = value
@@ -129,7 +136,10 @@ class TaskDataset(Dataset):
 
 
 def decode(modality: str, media: Any, sample_rate: int | None = None) -> Any:
-    """A path (or already-decoded media) -> PIL RGB image, or float32 mono audio [T] at ``sample_rate``."""
+    """A path (or already-decoded media, or a streaming ``Blob``) -> PIL RGB image, or float32 mono audio [T] at
+    ``sample_rate``."""
+    if hasattr(media, "open") and hasattr(media, "data"):  # mmtransfer.data.streaming.Blob
+        return media.open(modality, sample_rate)
     [raw] = modality_of(modality).load({"type": modality, modality: media}, sample_rate, 1)
     return raw
 

@@ -45,7 +45,8 @@ class Mixture:
     loader's next batch; when a loader's epoch ends its next epoch starts (``set_epoch``). With one loader
     it simply cycles through epochs.
 
-    ``state_dict()`` holds the generator state and each loader's ``[epoch, batches consumed]``;
+    ``state_dict()`` holds the generator state and each loader's ``[epoch, batches consumed]`` (and for a
+    streaming loader, ``make_stream_loader``, the entries each of its worker slots has consumed);
     ``load_state_dict`` on a Mixture of the same loaders continues with exactly the batches that would
     have come next.
     """
@@ -56,13 +57,15 @@ class Mixture:
         if any(w <= 0 for w in weights.values()):
             raise ValueError(f"weights must be > 0, got {weights}")
         for name, loader in loaders.items():
-            if not isinstance(loader.batch_sampler, BucketBatchSampler):
-                raise TypeError(f"loader '{name}' needs a BucketBatchSampler (build it with make_loader)")
+            if not isinstance(loader.batch_sampler, BucketBatchSampler) and not is_streaming(loader):
+                raise TypeError(f"loader '{name}' needs a BucketBatchSampler (build it with make_loader) or a "
+                                "StreamingDataset (make_stream_loader)")
         self.names = sorted(loaders)
         self.loaders = loaders
         self.probs = torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
         self.positions = {n: [0, 0] for n in self.names}  # [epoch, batches consumed in it]
+        self.streams: dict[str, Any] = {n: None for n in self.names}  # streaming loaders: position in the epoch
         self._iters: dict[str, Iterator[dict[str, Any]]] = {}
 
     def __iter__(self) -> Mixture:
@@ -75,25 +78,39 @@ class Mixture:
     def _next_batch(self, name: str) -> dict[str, Any]:
         position = self.positions[name]
         for _ in range(2):  # the current epoch, then (if it has ended) the next one
+            loader = self.loaders[name]
             if name not in self._iters:
-                self.loaders[name].batch_sampler.set_epoch(*position)
-                self._iters[name] = iter(self.loaders[name])
+                if is_streaming(loader):
+                    loader.dataset.set_position(position[0], self.streams[name])
+                else:
+                    loader.batch_sampler.set_epoch(*position)
+                self._iters[name] = iter(loader)
             try:
                 batch = next(self._iters[name])
             except StopIteration:
                 del self._iters[name]
                 position[:] = [position[0] + 1, 0]
+                self.streams[name] = None
                 continue
             position[1] += 1
+            if "stream" in batch:
+                self.streams[name] = loader.dataset.advance(self.streams[name], batch.pop("stream"))
             return batch
         raise RuntimeError(f"loader '{name}' gives no batches")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.generator.get_state(), "positions": {n: list(p) for n, p in self.positions.items()}}
+        return {"rng": self.generator.get_state(), "positions": {n: list(p) for n, p in self.positions.items()},
+                "streams": dict(self.streams)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state["positions"]) != set(self.names):
             raise ValueError(f"state for tasks {sorted(state['positions'])}, but this Mixture has {self.names}")
         self.generator.set_state(state["rng"])
         self.positions = {n: list(p) for n, p in state["positions"].items()}
+        self.streams = {n: state.get("streams", {}).get(n) for n in self.names}
         self._iters.clear()
+
+
+def is_streaming(loader: DataLoader) -> bool:
+    """A loader over a ``StreamingDataset`` (positioned with ``set_position``)."""
+    return hasattr(loader.dataset, "set_position") and hasattr(loader.dataset, "advance")

@@ -31,6 +31,14 @@ class DatasetConfig:
     name: str | None = None  # key in the mixture and in metric names; default: the task (one dataset per task)
     format: str = "auto"  # chat task: messages | llava | sharegpt | auto (see mmtransfer.data.conversations)
     loss_on: str = "all"  # chat task: loss on every assistant turn ("all") or on the last one ("last")
+    # Streaming (README, "Streaming data"): where train / eval live. jsonl: manifests; webdataset: tar shards
+    # ("shards/train-{000000..000009}.tar", a glob or a directory); hf: a save_to_disk directory, Parquet /
+    # Arrow files, or a hub dataset name
+    source: str = "jsonl"
+    columns: dict[str, str] | None = None  # streaming: task field -> column (hf) or member extension / JSON key
+    shuffle_buffer: int = 1000  # streaming: records shuffled in a seeded buffer per worker (0: shard order only)
+    train_split: str = "train"  # hf: the split of a DatasetDict directory or hub dataset for training
+    eval_split: str = "validation"  # hf: ... and for evaluation
 
 
 @dataclass
@@ -69,6 +77,8 @@ class TrainConfig:
     stages: list[StageConfig]
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 8
+    packing: bool = False  # training batches run as packed decoder rows (see mmtransfer.packing)
+    pack_tokens: int = 512  # packing: positions per row (prefix + text); a longer sample gets a row of its own
     eval_batch_size: int = 16
     eval_every: int = 0  # steps; 0: only at the end
     save_every: int = 0  # steps; 0: only at the end (and the best checkpoint)
@@ -98,8 +108,8 @@ def load_train_config(recipe: str | Path, overrides: list[str] = ()) -> TrainCon
     cfg.source = str(recipe)
     base = Path.cwd() if is_bundled(path) else path.parent
     for ds in cfg.data:
-        ds.train = _resolve(base, ds.train)
-        ds.eval = _resolve(base, ds.eval) if ds.eval else None
+        ds.train = _resolve_data(base, ds.train, ds.source)
+        ds.eval = _resolve_data(base, ds.eval, ds.source) if ds.eval else None
     cfg.output_dir = _resolve(base, cfg.output_dir)
     cfg.init_from = _resolve(base, cfg.init_from) if cfg.init_from else None
     cfg.feature_cache = _resolve(base, cfg.feature_cache) if cfg.feature_cache else None
@@ -137,12 +147,15 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     for i, stage in enumerate(cfg.stages):
         if stage.steps <= 0:
             raise ConfigError(f"{where}: stages[{i}].steps: must be > 0, got {stage.steps}")
-    for name in ("batch_size", "eval_batch_size", "log_every"):
+    for name in ("batch_size", "eval_batch_size", "log_every", "pack_tokens"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name}: must be >= 1, got {getattr(cfg, name)}")
     for name in ("eval_every", "save_every", "num_workers"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{where}: {name}: must be >= 0, got {getattr(cfg, name)}")
+    if cfg.packing and cfg.model.classifier == "head":
+        raise ConfigError(f"{where}: packing: needs the LM loss (model.classifier: lm); a classification head "
+                          "reads each row's last position")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"{where}: precision: '{cfg.precision}' is not auto, fp32, bf16 or fp16")
     for i, ds in enumerate(cfg.data):
@@ -154,6 +167,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: data[{i}].loss_on: '{ds.loss_on}' is not one of {', '.join(LOSS_ON)}")
         if ds.format not in FORMATS:
             raise ConfigError(f"{where}: data[{i}].format: '{ds.format}' is not one of {', '.join(FORMATS)}")
+        _validate_source(ds, f"{where}: data[{i}]")
     _check_packages(cfg, where)
 
 
@@ -174,6 +188,41 @@ def _resolve(base: Path, value: str) -> str:
     """A path relative to ``base`` (absolute and ~ paths are kept)."""
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _validate_source(ds: DatasetConfig, where: str) -> None:
+    """The streaming keys of one dataset (mmtransfer.data.streaming)."""
+    from mmtransfer.data.streaming import SOURCES
+
+    if ds.source not in SOURCES:
+        raise ConfigError(f"{where}.source: '{ds.source}' is not one of {', '.join(SOURCES)}")
+    if ds.source == "jsonl":
+        if ds.columns:
+            raise ConfigError(f"{where}.columns: only for source webdataset or hf (JSONL keys are the fields)")
+        return
+    require(["webdataset" if ds.source == "webdataset" else "datasets"], f"{where}.source: {ds.source}")
+    if ds.columns is not None and (not isinstance(ds.columns, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in ds.columns.items())):
+        raise ConfigError(f"{where}.columns: must map field names to column names, got {ds.columns!r}")
+    if ds.bucket:
+        raise ConfigError(f"{where}.bucket: length bucketing needs every length up front; not with source "
+                          f"{ds.source}")
+    if ds.shuffle_buffer < 0:
+        raise ConfigError(f"{where}.shuffle_buffer: must be >= 0, got {ds.shuffle_buffer}")
+    if ds.max_train_samples:
+        raise ConfigError(f"{where}.max_train_samples: not with source {ds.source} (a stream has no length up "
+                          "front); write a smaller set of shards / files instead")
+
+
+def _resolve_data(base: Path, value: str, source: str) -> str:
+    """A data path relative to ``base``; remote shard URLs and hub dataset names (no such local path) stay."""
+    if source == "webdataset" and value.startswith(("pipe:", "http://", "https://", "s3://", "gs://")):
+        return value
+    if source == "hf" and not value.startswith(("./", "../", "/", "~")) and not (base / value).exists():
+        return value  # a hub dataset name such as "user/name"
+    if source == "webdataset":  # keep "::" lists and brace patterns: resolve each part's directory
+        return "::".join(_resolve(base, part) for part in value.split("::"))
+    return _resolve(base, value)
 
 
 def _resolve_local(base: Path, value: str | None) -> str | None:

@@ -29,12 +29,14 @@ class TrainData:
     """``next_batch()`` for training, ``evaluate()`` for every eval split, resumable via ``state_dict()``."""
 
     def __init__(
-        self, mixture: Mixture, eval_sets: dict[str, tuple[Task, TaskDataset]], primary: tuple[str, bool]
+        self, mixture: Mixture, eval_sets: dict[str, tuple[Task, TaskDataset]], primary: tuple[str, bool],
+        rank: int = 0,
     ) -> None:
         self.mixture = mixture
         self.eval_sets = eval_sets
         self.primary = primary
         self.skipped = 0
+        self.rank = rank  # picks this rank's data position out of a checkpoint's ``rank_mixtures``
 
     def next_batch(self) -> tuple[str, dict[str, Any]]:
         """The next (task, batch) with at least one sample; batches whose files all failed are passed over."""
@@ -84,7 +86,14 @@ class TrainData:
         return {"mixture": self.mixture.state_dict(), "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mixture.load_state_dict(state["mixture"])
+        """``state`` may hold ``rank_mixtures`` (every rank's Mixture state: with streaming sources the ranks'
+        epochs and positions differ; the training loop gathers them when it saves): this rank continues from
+        its own (a rank the checkpoint has none for starts at rank 0's)."""
+        mixture = state["mixture"]
+        ranks = state.get("rank_mixtures")
+        if ranks is not None and self.rank < len(ranks):
+            mixture = ranks[self.rank]
+        self.mixture.load_state_dict(mixture)
         self.skipped = state["skipped"]
 
 
@@ -104,7 +113,7 @@ def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size
     if eval_sets:
         name, (task, _) = next(iter(eval_sets.items()))
         primary = (f"{name}/{task.primary_metric}", task.higher_is_better)
-    return TrainData(Mixture(loaders, weights, seed=cfg.seed), eval_sets, primary)
+    return TrainData(Mixture(loaders, weights, seed=cfg.seed), eval_sets, primary, rank=rank)
 
 
 def _dataset(
@@ -112,7 +121,9 @@ def _dataset(
     caches: dict[str, FeatureCache] | None = None,
 ) -> TaskDataset:
     labels = model.config.labels if task.api == "classify" else None
-    if task.api == "chat":
+    if ds.source != "jsonl":  # an eval split of a streaming source: its first samples, in memory
+        manifest = _stream_samples(ds, task, model, path, limit, split=ds.train_split if train else ds.eval_split)
+    elif task.api == "chat":
         manifest = read_conversations(path, ds.format, on_error=ds.on_error)
     else:
         manifest = read_manifest(path, task, labels=labels, on_error=ds.on_error,
@@ -136,8 +147,43 @@ def _train_loader(
         encoder = model.encoders[kind]
         if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
             caches[kind] = FeatureCache(Path(cfg.feature_cache), encoder)
+    if ds.source != "jsonl":
+        return _stream_loader(ds, task, cfg, model, rank, world_size, caches)
     dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, caches=caches)
     collator = Collator(model, task, cache=caches, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
-                        loss_on=ds.loss_on)
+                        loss_on=ds.loss_on, pack_tokens=cfg.pack_tokens if cfg.packing else None)
     return make_loader(dataset, collator, cfg.batch_size, shuffle=True, seed=cfg.seed,
                        bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)
+
+
+def _stream_samples(ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None,
+                    split: str) -> list:
+    """The first ``limit`` samples of a webdataset / hf source (an eval split), bad ones reported per on_error."""
+    from mmtransfer.data.manifest import Manifest
+    from mmtransfer.data.streaming import ToSample, open_source, read_samples
+
+    labels = model.config.labels if task.api == "classify" else None
+    source = open_source(ds.source, path, task, ds.columns, split=split, where=path)
+    samples, skipped = read_samples(source, ToSample(task, labels, ds.max_audio_seconds), limit, ds.on_error)
+    return Manifest(Path(path), samples, skipped)
+
+
+def _stream_loader(
+    ds: DatasetConfig, task: Task, cfg: TrainConfig, model: MultimodalGPT, rank: int, world_size: int,
+    caches: dict[str, FeatureCache],
+) -> torch.utils.data.DataLoader:
+    """A streaming training loader (mmtransfer.data.streaming): the dataset is read as it trains."""
+    from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source
+
+    labels = model.config.labels if task.api == "classify" else None
+    source = open_source(ds.source, ds.train, task, ds.columns, split=ds.train_split, where=ds.train)
+    audio = dict(model.encoders.items()).get("audio")
+    rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
+    decoder = TaskDataset([], task, sample_rate=rate, on_error=ds.on_error,
+                          cached={k: c.contains for k, c in caches.items()}, video_frames=model.config.video_frames)
+    collator = Collator(model, task, cache=caches, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
+                        loss_on=ds.loss_on, pack_tokens=cfg.pack_tokens if cfg.packing else None)
+    dataset = StreamingDataset(source, ToSample(task, labels, ds.max_audio_seconds), decoder, collator,
+                               cfg.batch_size, seed=cfg.seed, shuffle_buffer=ds.shuffle_buffer,
+                               rank=rank, world_size=world_size, num_workers=cfg.num_workers, on_error=ds.on_error)
+    return make_stream_loader(dataset, cfg.num_workers, seed=cfg.seed)

@@ -1,0 +1,372 @@
+"""Streaming data sources (WebDataset shards, Hugging Face datasets) as resumable DataLoaders.
+
+A *source* (``mmtransfer.data.webdataset_source``, ``mmtransfer.data.hf_source``) lists its shards and reads a
+shard's raw records one at a time; ``StreamingDataset`` turns them into the same batches a JSONL manifest gives:
+
+1. Split. Every rank runs ``num_workers`` DataLoader workers (one when 0): ``N = world_size * workers`` slots.
+   Each epoch the shard order is a seeded permutation (the same on every rank); slot ``s`` reads shards
+   ``s, s + N, ...`` of it. With fewer shards than slots, every slot reads every shard and keeps the records
+   ``i`` with ``i % N == s``. Either way no record is read by two slots in an epoch; an epoch ends when every
+   slot's stream has ended (epochs of different ranks may differ in length by up to one shard's worth).
+2. Shuffle (``shuffle_buffer`` > 0): a seeded buffer of raw (still encoded) records per slot and epoch.
+3. Parse (cheap, no media decoding): a record -> a task sample (media as ``Blob``\\ s or paths), or a ``Skip``
+   named ``shard:key`` when it is unusable; captioning with several captions gives one entry per caption.
+4. Batch: ``batch_size`` entries are decoded (``TaskDataset.item``) and collated (``Collator``) in the worker.
+
+Exact resume: each batch says which slot made it and how many entries that slot has consumed; the ``Mixture``
+keeps the latest count per slot and restarts each slot's stream skipping that many entries (they are read and
+parsed, never decoded), rotating the workers so the round-robin order of the DataLoader continues where it
+stopped. This needs the same ``world_size`` and ``num_workers`` as the interrupted run; with others the
+interrupted epoch starts over (with a warning).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mmtransfer.data.manifest import Skip, report
+from mmtransfer.errors import DataError
+
+log = logging.getLogger(__name__)
+SOURCES = ("jsonl", "webdataset", "hf")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus")
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Encoded media held in memory (a tar member, a dataset cell): ``data`` bytes, or an already-decoded
+    audio ``array`` at ``rate``. ``name`` (``shard:key.ext``) is what errors show."""
+
+    name: str
+    data: bytes | None = None
+    array: Any = None
+    rate: int | None = None
+
+    def __repr__(self) -> str:  # never print the bytes
+        return f"Blob({self.name!r})"
+
+    def open(self, kind: str, sample_rate: int | None = None) -> Any:
+        """Decode: a PIL RGB image (``kind`` image) or float32 mono audio at ``sample_rate``. ValueError on bad
+        bytes, naming the blob."""
+        from PIL import Image, UnidentifiedImageError
+
+        from mmtransfer.io import load_audio, load_image
+
+        try:
+            if kind == "image":
+                image = Image.open(io.BytesIO(self.data))
+                image.load()
+                return load_image(image)
+            if kind == "audio":
+                if self.array is not None:
+                    return load_audio(np.asarray(self.array, dtype=np.float32), sample_rate, self.rate)
+                import soundfile as sf
+
+                frames, rate = sf.read(io.BytesIO(self.data), dtype="float32", always_2d=True)
+                return load_audio(frames.mean(axis=1), sample_rate, rate)
+        except (UnidentifiedImageError, OSError, RuntimeError, TypeError, SyntaxError) as err:
+            raise ValueError(f"cannot decode {kind} {self.name}: {err}") from None
+        raise ValueError(f"{self.name}: {kind} media cannot come from a shard or dataset cell (only image, audio)")
+
+    def seconds(self) -> float:
+        """Audio duration from the header (no decoding)."""
+        if self.array is not None:
+            return len(self.array) / float(self.rate or 1)
+        import soundfile as sf
+
+        try:
+            info = sf.info(io.BytesIO(self.data))
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"cannot read the audio header of {self.name}: {err}") from None
+        return info.frames / info.samplerate
+
+
+class Source:
+    """A sharded stream of raw records. Subclasses set ``where`` (for messages) and implement the three
+    methods; ``parse`` raises ValueError for an unusable record (it becomes a ``Skip``)."""
+
+    where: str = "<source>"
+
+    def shards(self) -> list[str]:
+        raise NotImplementedError
+
+    def records(self, shard: int) -> Iterator[tuple[str, Any]]:
+        """(key, raw record) for each record of shard ``shard``; an unreadable shard raises (OSError,
+        ValueError, tarfile.ReadError...) after the records before the damage."""
+        raise NotImplementedError
+
+    def parse(self, raw: Any, shard: str, key: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+Entry = tuple[dict[str, Any], str] | Skip  # (sample, target) or a skip
+
+
+class StreamingDataset(IterableDataset):
+    """Collated batches from a ``Source`` for one rank (see the module doc). ``decoder`` is a
+    ``TaskDataset`` (no samples needed) whose ``item`` decodes an entry; ``to_sample`` turns a parsed record
+    into a checked task sample (ValueError when it is unusable)."""
+
+    def __init__(
+        self,
+        source: Source,
+        to_sample: Callable[[dict[str, Any]], dict[str, Any]],
+        decoder: Any,
+        collator: Callable[[list[Any]], dict[str, Any]],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        expand_targets: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        on_error: str = "skip",
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.source, self.to_sample, self.decoder, self.collator = source, to_sample, decoder, collator
+        self.batch_size, self.seed, self.shuffle, self.shuffle_buffer = batch_size, seed, shuffle, shuffle_buffer
+        self.expand_targets, self.on_error = expand_targets, on_error
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
+        self.shard_names = source.shards()
+        if not self.shard_names:
+            raise DataError(f"{source.where}: no shards")
+        self.epoch, self.consumed, self.offset = 0, {}, 0
+
+    # -- position ------------------------------------------------------------------------------------
+    def layout(self) -> list[int]:
+        return [self.world_size, self.workers]
+
+    def set_position(self, epoch: int, state: dict[str, Any] | None = None) -> None:
+        """Start ``epoch``; ``state`` (from ``advance``) continues it where it stopped."""
+        self.epoch, self.consumed, self.offset = epoch, {}, 0
+        if not state:
+            return
+        if list(state["layout"]) != self.layout():
+            log.warning("%s: the data position was saved with [world_size, num_workers] = %s, this run has %s: "
+                        "epoch %d starts over", self.source.where, state["layout"], self.layout(), epoch)
+            return
+        self.consumed = {int(k): int(v) for k, v in state["consumed"].items()}
+        self.offset = int(state["offset"])
+
+    def advance(self, state: dict[str, Any] | None, stream: tuple[int, int]) -> dict[str, Any]:
+        """The position after a batch whose ``stream`` is (slot's worker, entries it has consumed)."""
+        worker, count = stream
+        consumed = dict((state or {}).get("consumed", {}))
+        consumed[str(worker)] = count
+        return {"layout": self.layout(), "consumed": consumed, "offset": (worker + 1) % self.workers}
+
+    # -- reading -------------------------------------------------------------------------------------
+    def _slot(self) -> tuple[int, int]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.workers:
+            raise RuntimeError(f"built for {self.workers} workers, iterated by {info.num_workers}")
+        worker = (physical + self.offset) % self.workers
+        return worker, self.rank * self.workers + worker
+
+    def _raw(self, slot: int) -> Iterator[tuple[str, str, Any] | Skip]:
+        """(shard name, key, raw record) of this slot's share of the epoch, in order; Skip for a broken shard."""
+        n, slots = len(self.shard_names), self.world_size * self.workers
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        by_shard = n >= slots
+        mine = order[slot::slots] if by_shard else order
+        index = 0
+        for shard in mine.tolist():
+            name = self.shard_names[shard]
+            try:
+                for key, raw in self.source.records(shard):
+                    index += 1
+                    if by_shard or (index - 1) % slots == slot:
+                        yield name, key, raw
+            except Exception as err:  # noqa: BLE001 (any damage to a shard: name it, skip the rest of it)
+                if isinstance(err, DataError):
+                    raise
+                index += 1
+                if by_shard or (index - 1) % slots == slot:
+                    yield Skip(name, "<rest of shard>", f"cannot read the shard past here: {type(err).__name__}: "
+                                                        f"{err}")
+
+    def _shuffled(self, stream: Iterator[Any], slot: int) -> Iterator[Any]:
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            yield from stream
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, slot, 1])
+        buffer: list[Any] = []
+        for record in stream:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(record)
+                continue
+            j = int(rng.integers(len(buffer)))
+            buffer[j], record = record, buffer[j]
+            yield record
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _entries(self, record: tuple[str, str, Any] | Skip) -> list[Entry]:
+        if isinstance(record, Skip):
+            return [record]
+        shard, key, raw = record
+        try:
+            sample = self.to_sample(self.source.parse(raw, shard, key))
+        except ValueError as err:
+            return [Skip(shard, key, str(err))]
+        sample["source"] = (shard, key)
+        task = self.decoder.task
+        targets = task.targets(sample) if self.expand_targets else [task.target(sample)]
+        return [(sample, t) for t in targets]
+
+    def entries(self, slot: int, worker: int = 0) -> Iterator[Entry]:
+        """This slot's entries of the epoch, past the consumed ones (read and parsed, not decoded)."""
+        count, start = 0, self.consumed.get(worker, 0)
+        for record in self._shuffled(self._raw(slot), slot):
+            for entry in self._entries(record):
+                count += 1
+                if count > start:
+                    yield entry
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, slot = self._slot()
+        count = self.consumed.get(worker, 0)
+        batch: list[Entry] = []
+        for entry in self.entries(slot, worker):
+            batch.append(entry)
+            if len(batch) == self.batch_size:
+                count += len(batch)
+                yield self._collate(batch, worker, count)
+                batch = []
+        if batch:
+            count += len(batch)
+            yield self._collate(batch, worker, count)
+
+    def _collate(self, entries: list[Entry], worker: int, count: int) -> dict[str, Any]:
+        items = []
+        for entry in entries:
+            if isinstance(entry, Skip):
+                if entry not in self.decoder.skipped:
+                    report(entry, self.on_error, self.decoder.skipped)
+                items.append(entry)
+            else:
+                items.append(self.decoder.item(*entry))
+        batch = self.collator(items)
+        batch["stream"] = (worker, count)
+        return batch
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def make_stream_loader(dataset: StreamingDataset, num_workers: int = 0, seed: int = 0) -> DataLoader:
+    """A DataLoader over the dataset's own batches; a ``Mixture`` positions it (``set_position``)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers,
+                      generator=generator)
+
+
+def read_samples(source: Source, to_sample: Callable[[dict[str, Any]], dict[str, Any]], limit: int | None,
+                 on_error: str = "skip") -> tuple[list[dict[str, Any]], list[Skip]]:
+    """The first ``limit`` good samples of every shard in order (for evaluation splits), and the skips."""
+    samples: list[dict[str, Any]] = []
+    skipped: list[Skip] = []
+    for i, shard in enumerate(source.shards()):
+        try:
+            for key, raw in source.records(i):
+                try:
+                    sample = to_sample(source.parse(raw, shard, key))
+                except ValueError as err:
+                    report(Skip(shard, key, str(err)), on_error, skipped)
+                    continue
+                sample["source"] = (shard, key)
+                samples.append(sample)
+                if limit and len(samples) >= limit:
+                    return samples, skipped
+        except DataError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            report(Skip(shard, "<rest of shard>", f"cannot read the shard past here: {type(err).__name__}: {err}"),
+                   on_error, skipped)
+    return samples, skipped
+
+
+class ToSample:
+    """A parsed record (fields; media as ``Blob`` or a checked path) -> a checked task sample, with the JSONL
+    manifest's checks: required fields, known label, audio duration from the header. ValueError says why not."""
+
+    def __init__(self, task: Any, labels: Any = None, max_audio_seconds: float | None = None) -> None:
+        self.task, self.labels, self.max_audio_seconds = task, labels, max_audio_seconds
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        task, kind = self.task, self.task.modality
+        if task.api == "chat":
+            return {"messages": _messages(record.get("messages"))}
+        media = record.get(kind) if kind is not None else None
+        if kind is not None and media is not None:
+            if not isinstance(media, (Blob, str)):
+                raise ValueError(f"'{kind}' must be encoded bytes or a path, got {type(media).__name__}")
+            record = {**record, kind: "<media>"}
+        sample = task.normalize(record)
+        if kind is not None:
+            sample[kind] = media
+        if self.labels is not None and "label" in sample and sample["label"] not in self.labels:
+            raise ValueError(f"unknown label '{sample['label']}'; labels are {sorted(self.labels)}")
+        if kind == "audio":
+            from mmtransfer.data.manifest import audio_seconds
+
+            sample["duration"] = media.seconds() if isinstance(media, Blob) else audio_seconds(media)
+            if sample["duration"] == 0:
+                raise ValueError("the audio is empty")
+            if self.max_audio_seconds is not None and sample["duration"] > self.max_audio_seconds:
+                raise ValueError(f"audio is {sample['duration']:.1f} s, longer than "
+                                 f"max_audio_seconds={self.max_audio_seconds}")
+        return sample
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    """Check a conversation whose media parts hold ``Blob``\\ s or paths; whitespace-only text parts dropped."""
+    from mmtransfer.chat import check_conversation, parts
+    from mmtransfer.data.conversations import check_trainable
+
+    if messages is None:
+        raise ValueError("missing field 'messages'")
+    check_conversation(messages, generation=None)
+    out = []
+    for number, message in enumerate(messages, start=1):
+        content = []
+        for part in parts(message):
+            kind = part["type"]
+            if kind == "text":
+                if part["text"].strip():
+                    content.append(part)
+            else:
+                content.append({"type": kind, kind: part[kind]})
+        if not content:
+            raise ValueError(f"message {number}: empty content (no text, no media)")
+        out.append({"role": message["role"], "content": content})
+    check_trainable(out)
+    return out
+
+
+def open_source(kind: str, spec: str, task: Any, columns: dict[str, str] | None = None, split: str = "train",
+                where: str = "train") -> Source:
+    """A ``webdataset`` or ``hf`` source of ``spec`` (see those modules)."""
+    if kind == "webdataset":
+        from mmtransfer.data.webdataset_source import WebDatasetSource
+
+        return WebDatasetSource(spec, columns, where=where)
+    if kind == "hf":
+        from mmtransfer.data.hf_source import HFSource
+
+        return HFSource(spec, task, columns, split=split, where=where)
+    raise ValueError(f"source: '{kind}' is not one of {SOURCES}")
