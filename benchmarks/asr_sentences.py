@@ -1,11 +1,11 @@
 """Spoken English sentences: where the language model matters. Ours against Whisper tiny.en, and a
 pretrained decoder against a randomly initialised one at full and at a tenth of the data.
 
-Data, made on this machine: real English sentences (SST-2 training sentences of 5-15 words that start with a letter, without
-digits or bracket tokens, detokenised: "it 's" -> "it's") spoken by espeak-ng at 16 kHz over many voices, rates
-(140-190 words/min) and pitches (25-75). A voice is an accent and a variant. Training uses 5 accents x 8
-variants; the test set uses 3 other accents x 5 other variants, so no test voice, accent or variant is heard
-in training. Train and test sentences differ. Clips over 8 s are dropped (the encoder's window).
+Data, made on this machine: real English sentences (SST-2 training sentences of 5-15 words that start with a
+letter, without digits or bracket tokens, detokenised: "it 's" -> "it's") spoken by espeak-ng at 16 kHz over
+many voices, rates (140-190 words/min) and pitches (25-75). A voice is an accent and a variant. Training uses 5
+accents x 8 variants; the test set uses 3 other accents x 5 other variants, so no test voice, accent or variant
+is heard in training. Train and test sentences differ. Clips over 8 s are dropped (the encoder's window).
 
 espeak-ng is a system package; this script installs nothing: without it, it says how and exits 0
 (Debian / Ubuntu: ``apt-get install espeak-ng``).
@@ -156,7 +156,8 @@ def main() -> None:
                 cer=round(m["cer"], 4), eval_s=round(secs, 1), examples=list(zip(refs[:5], preds[:5])))
 
     rows = {
-        "pretrained": (train, [], "Whisper-tiny.en enc (frozen, 8 s) + frame-stack k=16 + SmolLM2 pretrained, LoRA r=16"),
+        "pretrained": (train, [],
+                       "Whisper-tiny.en enc (frozen, 8 s) + frame-stack k=16 + SmolLM2 pretrained, LoRA r=16"),
         "tenth": (tenth, [], "same, a tenth of the data"),
         "scratch": (train, SCRATCH, "same, SmolLM2 architecture random-init, decoder fully trained (lr 3e-4)"),
         "scratch_tenth": (tenth, SCRATCH, "same, random-init decoder, a tenth of the data"),

@@ -123,6 +123,32 @@ def test_webdataset_messages_carry_their_members(data: dict) -> None:
     assert all(blob.name.startswith(f"s.tar:{key}.") and blob.data for key, blob in media)
 
 
+
+def test_hf_messages_name_a_path_or_another_column(data: dict, tmp_path: Path) -> None:
+    """Conversations in a Parquet file: a media part holds a path (relative to the dataset) or names a column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chat = get_task("chat")
+    write_parquet(data["syn"] / "chat_mixed_train.jsonl", "chat", tmp_path / "paths", paths=True)
+    png = next(data["syn"].rglob("*.png")).read_bytes()
+    ask = [{"type": "image", "image": "photo"}, {"type": "text", "text": "What is it?"}]
+    rows = [{"photo": png, "messages": [{"role": "user", "content": ask},
+                                                     {"role": "assistant", "content": [{"type": "text", "text": "A shape."}]}]}]
+    (tmp_path / "col").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "col" / "train-000000.parquet")
+    for spec, want in ((tmp_path / "paths", str), (tmp_path / "col", Blob)):
+        source = open_source("hf", str(spec), chat)
+        parts = [p for shard in range(len(source.shards())) for key, raw in source.records(shard)
+                 for m in ToSample(chat)(source.parse(raw, "s", key))["messages"] for p in m["content"]]
+        assert all(None not in p.values() for p in parts)  # the nulls Arrow fills absent struct keys with
+        media = [p[p["type"]] for p in parts if p["type"] != "text"]
+        assert media and all(isinstance(x, want) for x in media), (spec, media)
+        if want is str:
+            assert all(os.path.isabs(x) and os.path.isfile(x) for x in media)
+        else:
+            assert media == [Blob("s:0.photo", png)]  # a Parquet row's key: its row number
+
 # -- split across ranks x workers -----------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["captions", "few", "parquet"])
 def test_two_ranks_two_workers_see_each_sample_once_per_epoch(which: str, data: dict) -> None:

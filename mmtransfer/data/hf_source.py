@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mmtransfer.data.manifest import _media_path
-from mmtransfer.data.streaming import Blob, Source
+from mmtransfer.data.streaming import Blob, Source, map_media_parts
 from mmtransfer.errors import ConfigError, DataError, MissingFileError
 from mmtransfer.extras import require
 
@@ -179,26 +179,11 @@ class HFSource(Source):
 
     def _messages(self, messages: Any, raw: dict[str, Any], shard: str, key: str) -> Any:
         """Media parts name another column of the row (its bytes / path) or a path."""
-        if not isinstance(messages, list):
-            return messages
-        out = []
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-                out.append(message)
-                continue
-            content = []
-            for part in message["content"]:
-                kind = part.get("type") if isinstance(part, dict) else None
-                value = part.get(kind) if kind not in (None, "text") else None
-                if value is not None:
-                    cell = raw[value] if isinstance(value, str) and value in raw else value
-                    part = {k: v for k, v in part.items() if v is not None}
-                    part[kind] = self._media(cell, kind, f"{shard}:{key}.{value}")
-                elif isinstance(part, dict):
-                    part = {k: v for k, v in part.items() if v is not None}  # Arrow structs fill absent keys
-                content.append(part)
-            out.append({**message, "content": content})
-        return out
+        def convert(kind: str, value: Any) -> Blob | str:
+            cell = raw[value] if isinstance(value, str) and value in raw else value
+            return self._media(cell, kind, f"{shard}:{key}.{value}")
+
+        return map_media_parts(messages, convert)
 
 
 def _check_type(field: str, column: str, feature: Any, task: Any, where: str) -> None:

@@ -358,6 +358,29 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
+def map_media_parts(messages: Any, convert: Callable[[str, Any], Any]) -> Any:
+    """A conversation from a source whose media parts (``{"type": "image", "image": ref}``) hold a reference
+    into the record -> the same with ``part[kind] = convert(kind, ref)``. Null-valued keys are dropped (Arrow
+    structs fill absent keys with null). Anything malformed passes through: ``_messages`` says what is wrong."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            out.append(message)
+            continue
+        content = []
+        for part in message["content"]:
+            if isinstance(part, dict):
+                part = {k: v for k, v in part.items() if v is not None}
+                kind = part.get("type")
+                if kind not in (None, "text") and part.get(kind) is not None:
+                    part[kind] = convert(kind, part[kind])
+            content.append(part)
+        out.append({**message, "content": content})
+    return out
+
+
 def open_source(kind: str, spec: str, task: Any, columns: dict[str, str] | None = None, split: str = "train",
                 where: str = "train") -> Source:
     """A ``webdataset`` or ``hf`` source of ``spec`` (see those modules)."""

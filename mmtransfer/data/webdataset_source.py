@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from mmtransfer.data.streaming import AUDIO_EXTS, IMAGE_EXTS, Blob, Source
+from mmtransfer.data.streaming import AUDIO_EXTS, IMAGE_EXTS, Blob, Source, map_media_parts
 from mmtransfer.errors import MissingFileError
 from mmtransfer.extras import require
 
@@ -156,24 +156,13 @@ def _json(data: bytes, ext: str) -> Any:
 def _with_members(messages: Any, raw: dict[str, bytes], shard: str, key: str) -> Any:
     """A conversation whose media parts name members of the sample (``png``, ``.png``, ``key.png``) -> the same
     with those parts holding the members' bytes as ``Blob``\\ s."""
-    if not isinstance(messages, list):
-        return messages  # check_conversation says what is wrong
-    out = []
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            out.append(message)
-            continue
-        content = []
-        for part in message["content"]:
-            kind = part.get("type") if isinstance(part, dict) else None
-            value = part.get(kind) if kind not in (None, "text") else None
-            if isinstance(value, str):
-                name = value.removeprefix(f"{key}.").lstrip(".")
-                if name not in raw:
-                    raise ValueError(f"a {kind} part names '{value}', which is not a member of this sample "
-                                     f"(members: {', '.join(sorted(raw))})")
-                part = {**part, kind: Blob(f"{shard}:{key}.{name}", raw[name])}
-            content.append(part)
-        out.append({**message, "content": content})
-    return out
+    def convert(kind: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        name = value.removeprefix(f"{key}.").lstrip(".")
+        if name not in raw:
+            raise ValueError(f"a {kind} part names '{value}', which is not a member of this sample "
+                             f"(members: {', '.join(sorted(raw))})")
+        return Blob(f"{shard}:{key}.{name}", raw[name])
 
+    return map_media_parts(messages, convert)
