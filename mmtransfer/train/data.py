@@ -30,13 +30,13 @@ class TrainData:
 
     def __init__(
         self, mixture: Mixture, eval_sets: dict[str, tuple[Task, TaskDataset]], primary: tuple[str, bool],
-        rank: int = 0,
+        rank: int = 0, world_size: int = 1,
     ) -> None:
         self.mixture = mixture
         self.eval_sets = eval_sets
         self.primary = primary
         self.skipped = 0
-        self.rank = rank  # picks this rank's data position out of a checkpoint's ``rank_mixtures``
+        self.rank, self.world_size = rank, world_size
 
     def next_batch(self) -> tuple[str, dict[str, Any]]:
         """The next (task, batch) with at least one sample; batches whose files all failed are passed over."""
@@ -83,12 +83,18 @@ class TrainData:
         return self.primary
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mixture": self.mixture.state_dict(), "skipped": self.skipped}
+        """The data position. With several processes (every rank calls it: a collective) it also holds
+        ``rank_mixtures``, every rank's Mixture state: a streaming source's epochs and positions differ by rank."""
+        state = {"mixture": self.mixture.state_dict(), "skipped": self.skipped}
+        if self.world_size > 1:
+            from accelerate.utils import gather_object
+
+            state["rank_mixtures"] = gather_object([state["mixture"]])
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """``state`` may hold ``rank_mixtures`` (every rank's Mixture state: with streaming sources the ranks'
-        epochs and positions differ; the training loop gathers them when it saves): this rank continues from
-        its own (a rank the checkpoint has none for starts at rank 0's)."""
+        """Continue from ``state``: this rank from its own entry of ``rank_mixtures`` where there is one (a rank
+        the checkpoint has none for, or a one-process checkpoint, starts at rank 0's)."""
         mixture = state["mixture"]
         ranks = state.get("rank_mixtures")
         if ranks is not None and self.rank < len(ranks):
@@ -113,7 +119,7 @@ def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size
     if eval_sets:
         name, (task, _) = next(iter(eval_sets.items()))
         primary = (f"{name}/{task.primary_metric}", task.higher_is_better)
-    return TrainData(Mixture(loaders, weights, seed=cfg.seed), eval_sets, primary, rank=rank)
+    return TrainData(Mixture(loaders, weights, seed=cfg.seed), eval_sets, primary, rank, world_size)
 
 
 def _dataset(

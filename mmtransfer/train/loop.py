@@ -13,12 +13,11 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, parse_flag_from_env, set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from mmtransfer.builder import build_model
 from mmtransfer.data import DataError, Skip
-from mmtransfer.data.loader import is_streaming
 from mmtransfer.errors import ConfigError, WeightsNotFoundError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.model_card import training_record
@@ -269,10 +268,7 @@ def _save_checkpoint(
         return False
     _check_finite(model, state)
     acc.wait_for_everyone()
-    data_state = data.state_dict()
-    if acc.num_processes > 1 and any(is_streaming(loader) for loader in data.mixture.loaders.values()):
-        # a streaming loader's epochs and positions differ between ranks: keep every rank's
-        data_state["rank_mixtures"] = gather_object([data.mixture.state_dict()])
+    data_state = data.state_dict()  # on every rank: it gathers every rank's position
     if acc.is_main_process:
         scaler = acc.scaler.state_dict() if acc.scaler is not None else None
         ckpt.save_checkpoint(Path(cfg.output_dir) / "checkpoint", model, opt, sched,
