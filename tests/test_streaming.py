@@ -124,6 +124,40 @@ def test_webdataset_messages_carry_their_members(data: dict) -> None:
 
 
 
+def test_img2dataset_layout_reads_the_caption_from_txt_or_json(data: dict, tmp_path: Path) -> None:
+    """What img2dataset writes: ``key.jpg``, ``key.json`` (url, status, sizes, ... and ``caption``) and, by
+    default, ``key.txt``; a shard without the ``.txt`` members takes the caption from the JSON."""
+    from PIL import Image
+
+    jpg = io.BytesIO()
+    Image.open(data["syn"] / "shapes" / "images" / "train_00000.png").convert("RGB").save(jpg, "JPEG")
+    shard = tmp_path / "00000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for n, caption in enumerate(["a red circle", "a blue square"]):
+            key = f"0000000{n:02d}"
+            meta = {"url": f"https://example.com/{n}.jpg", "key": key, "status": "success", "error_message": None,
+                    "width": 64, "height": 64, "original_width": 640, "original_height": 480, "exif": "{}",
+                    "sha256": "0" * 64, "caption": caption}
+            members = {"jpg": jpg.getvalue(), "json": json.dumps(meta).encode()} | (
+                {"txt": caption.encode()} if n == 0 else {})
+            for ext, body in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    captioning = get_task("captioning")
+    source = open_source("webdataset", str(shard), captioning)
+    samples = [ToSample(captioning)(source.parse(raw, "s", key)) for key, raw in source.records(0)]
+    assert [s["text"] for s in samples] == [["a red circle"], ["a blue square"]]
+    assert [s["image"].name for s in samples] == ["s:000000000.jpg", "s:000000001.jpg"]
+    assert samples[0]["image"].open("image").size == (64, 64)
+
+
+def test_hf_arrow_files_stream_like_parquet(data: dict) -> None:
+    """A glob of ``.arrow`` files (here a ``save_to_disk`` directory's, image paths relative to it)."""
+    spec = str(data["hfdir"] / "*.arrow")
+    batches = _epoch(_dataset("hf", spec, workers=0), 0)
+    assert len([k for b in batches for k in b["keys"]]) == 24 and not any(b["skipped"] for b in batches)
+
 def test_hf_messages_name_a_path_or_another_column(data: dict, tmp_path: Path) -> None:
     """Conversations in a Parquet file: a media part holds a path (relative to the dataset) or names a column."""
     import pyarrow as pa
