@@ -11,8 +11,8 @@ resamplers and cached features on the configuration). So packing happens in the 
    with position ids restarting at 0 per sample, labels ``IGNORE_INDEX`` at each sample's first position
    (so the shifted loss never predicts one sample from another), and a block-diagonal causal mask:
    a boolean 4-D mask [R, 1, P, P] for SDPA, its additive float form for eager attention, or for flash
-   attention one flattened row [1, N] with no mask, whose restarting position ids drive transformers'
-   varlen path (``_is_packed_sequence`` there reads them, for a batch of one row only).
+   attention (``takes_varlen``) one flattened row [1, N] with no mask, whose restarting position ids drive
+   transformers' varlen path (it cuts the row into ``cu_seqlens`` there, for a batch of one row only).
 3. ``packed_loss``: token losses on the positions that predict a target only (the decoder computes logits
    there alone, through a boolean ``logits_to_keep``), averaged over the batch's target tokens exactly like
    the decoder's own loss, plus each sample's mean.
@@ -80,6 +80,14 @@ class Packed:
         return float((self.sample_ids < 0).float().mean()) if self.sample_ids.numel() else 0.0
 
 
+def takes_varlen(attn_implementation: str) -> bool:
+    """Whether the decoder's attention reads the samples of one flat row from the position ids (flash attention
+    2/3/4, a hub kernel, or any implementation registered with transformers' flash mask) instead of a 4-D mask."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    return ALL_MASK_ATTENTION_FUNCTIONS.get(attn_implementation) is flash_attention_mask
+
+
 def pack(
     embeds: torch.Tensor,
     mask: torch.Tensor,
@@ -99,20 +107,20 @@ def pack(
     real = mask.bool()
     lengths = real.sum(1)  # [B]
     n, dev = embeds.shape[0], embeds.device
-    flash = attn_implementation.startswith("flash")
+    varlen = takes_varlen(attn_implementation)
     rows = plan_rows(lengths.tolist(), budget)
     row_of = torch.empty(n, dtype=torch.long)
     offset = torch.empty(n, dtype=torch.long)
     width = 0
-    at = 0  # flash: one flat row, samples one after the other
+    at = 0  # varlen: one flat row, samples one after the other
     for r, samples in enumerate(rows):
-        start = at if flash else 0
+        start = at if varlen else 0
         for i in samples:
-            row_of[i], offset[i] = (0 if flash else r), start
+            row_of[i], offset[i] = (0 if varlen else r), start
             start += int(lengths[i])
         at = start
         width = max(width, start)
-    n_rows = 1 if flash else len(rows)
+    n_rows = 1 if varlen else len(rows)
     row_of, offset = row_of.to(dev), offset.to(dev)
 
     src_b, src_t = real.nonzero(as_tuple=True)  # every real position, row-major
@@ -132,7 +140,7 @@ def pack(
         out_labels[dst_r, dst_t] = labels[src_b, src_t].masked_fill(first[src_b, src_t], IGNORE_INDEX)
 
     attention = None
-    if not flash:
+    if not varlen:
         same = sample_ids.unsqueeze(2) == sample_ids.unsqueeze(1)  # [R, P, P]; padding is one block of its own
         causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
         attention = (same & causal).unsqueeze(1)  # [R, 1, P, P]: every position sees at least itself (no NaN)

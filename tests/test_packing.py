@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import mmtransfer
@@ -95,6 +96,39 @@ def test_a_packed_batch_without_targets_keeps_its_graph(tiny_model: mmtransfer.M
     assert float(out.loss.detach()) == 0.0 and out.loss.requires_grad and out.sample_loss.isnan().all()
     out.loss.backward()
     assert all(p.grad is not None for p in tiny_model.decoder.parameters())  # every one took part (DDP needs it)
+
+
+def _varlen_reference(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+                      scaling: float | None = None, dropout: float = 0.0, position_ids: Any = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """What ``flash_attn_varlen_func`` computes, on the CPU: causal attention inside each span of the one flat row
+    [1, H, T, D], the spans cut by transformers' own reading of the position ids (the ``cu_seqlens`` it gives
+    flash attention)."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    assert attention_mask is None and query.shape[0] == 1
+    (cu_seqlens, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
+    out = torch.empty_like(query)
+    for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        out[:, :, a:b] = F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                                        is_causal=True, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2), None
+
+
+@torch.no_grad()
+def test_the_varlen_layout_packs_the_same(tiny_model: mmtransfer.MultimodalGPT) -> None:
+    """The flash-attention layout (one flat row, no mask, restarting position ids) under a reference of the
+    varlen kernel registered like a flash implementation: every sample's loss equals its loss alone."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import flash_attention_mask
+
+    AttentionInterface.register("varlen_reference", _varlen_reference)
+    AttentionMaskInterface.register("varlen_reference", flash_attention_mask)
+    model = tiny_model.float()
+    alone = torch.stack([model(**_batch(model, [c])).loss for c in _conversations()])
+    model.decoder.set_attn_implementation("varlen_reference")
+    torch.testing.assert_close(model(**_batch(model, _conversations()), pack_tokens=64).sample_loss, alone,
+                               rtol=0, atol=1e-5)
 
 
 @torch.no_grad()

@@ -167,8 +167,8 @@ def test_hf_messages_name_a_path_or_another_column(data: dict, tmp_path: Path) -
     write_parquet(data["syn"] / "chat_mixed_train.jsonl", "chat", tmp_path / "paths", paths=True)
     png = next(data["syn"].rglob("*.png")).read_bytes()
     ask = [{"type": "image", "image": "photo"}, {"type": "text", "text": "What is it?"}]
-    rows = [{"photo": png, "messages": [{"role": "user", "content": ask},
-                                                     {"role": "assistant", "content": [{"type": "text", "text": "A shape."}]}]}]
+    answer = [{"type": "text", "text": "A shape."}]
+    rows = [{"photo": png, "messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]}]
     (tmp_path / "col").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "col" / "train-000000.parquet")
     for spec, want in ((tmp_path / "paths", str), (tmp_path / "col", Blob)):
