@@ -270,7 +270,7 @@ def _identity(batch: Any) -> Any:
 
 def make_stream_loader(dataset: StreamingDataset, num_workers: int = 0, seed: int = 0) -> DataLoader:
     """A DataLoader over the dataset's own batches; a ``Mixture`` positions it (``set_position``)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # not the global RNG: see ``make_loader``
     return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=num_workers,
                       generator=generator)
 
