@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -30,21 +31,31 @@ def load_image(item: PathLike | Image.Image) -> Image.Image:
     Transparent pixels are composited onto white rather than dropped to black.
     """
     if isinstance(item, Image.Image):
-        image = item
-    else:
-        path = _existing_file(item, "image")
-        try:
-            with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS PIL only warns (up to twice that): refuse
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)
-                image.load()  # decode now so truncated files fail here, not later in a transform
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise InputError(
-                f"image file {path} is too large to decode ({err}); raise PIL.Image.MAX_IMAGE_PIXELS if you "
-                "trust it"
-            ) from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise InputError(f"could not read image file {path}: {err}") from err
+        return _rgb(item)
+    path = _existing_file(item, "image")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: PathLike | IO[bytes], name: str) -> Image.Image:
+    """Decode an image file or in-memory file now (so truncated ones fail here, not later in a transform) -> RGB.
+    InputError naming ``name``, with a message that does not depend on the Python object (skips compare equal)."""
+    try:
+        with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS PIL only warns (up to twice that): refuse
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise InputError(
+            f"image file {name} is too large to decode ({err}); raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+        ) from None
+    except UnidentifiedImageError:  # PIL's message holds the repr of an in-memory file
+        raise InputError(f"could not read image file {name}: cannot identify image file") from None
+    except (OSError, SyntaxError) as err:
+        raise InputError(f"could not read image file {name}: {err}") from err
+    return _rgb(image)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if "A" in image.getbands() or "transparency" in image.info:

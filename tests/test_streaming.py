@@ -274,8 +274,46 @@ def test_bad_samples_in_a_shard_are_skipped_and_counted_as_shard_key(workers: in
     skipped = sorted(s for b in batches for s in b["skipped"])
     assert kept == ["k0", "k1", "k3", "k4", "k6"]
     assert [s.split(": ")[0] for s in skipped] == [f"{shard}:k2", f"{shard}:k5", f"{shard}:k7"]
-    assert "cannot decode image" in skipped[0] and "unknown extension .xyz" in skipped[1] and "JSON" in skipped[2]
+    assert "could not read image file" in skipped[0] and "unknown extension .xyz" in skipped[1] and "JSON" in skipped[2]
 
+
+
+def test_a_bad_sample_gives_the_same_skip_every_epoch(data: dict, tmp_path: Path) -> None:
+    """Skip messages hold no object addresses: the skip list of a dataset does not grow epoch after epoch."""
+    wav = next(data["syn"].rglob("*.wav")).read_bytes()
+    members = [("a0.wav", wav), ("a0.txt", b"one"), ("a1.wav", b"RIFF not a wav"), ("a1.txt", b"two")]
+    shard = _tar(tmp_path / "audio-000000.tar", members)
+    dataset = _dataset("webdataset", str(shard), task="asr", batch=2)
+    epochs = [[s for b in _epoch(dataset, 0, epoch) for s in b["skipped"]] for epoch in (0, 1, 2)]
+    assert epochs[0] == epochs[1] == epochs[2] and len(epochs[0]) == 1, epochs
+    assert len(dataset.decoder.skipped) == 1
+    dataset = _dataset("webdataset", str(_bad_shard(data, tmp_path / "png")), batch=3)  # an undecodable png
+    first, second = (sorted(s for b in _epoch(dataset, 0, epoch) for s in b["skipped"]) for epoch in (0, 1))
+    assert first == second and len(dataset.decoder.skipped) == 3  # k2, k5, k7 once each
+
+
+def test_a_decompression_bomb_in_a_shard_is_a_counted_skip(data: dict, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    shard = _bad_shard(data, tmp_path / "bomb")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # the 64 px scenes: over 2x the limit
+    batches = _epoch(_dataset("webdataset", str(shard), batch=3), 0)
+    assert not [k for b in batches for k in b["keys"]]
+    bombs = sorted(s.split(": ")[0] for b in batches for s in b["skipped"] if "too large to decode" in s)
+    assert bombs == [f"{shard}:k{i}" for i in (0, 1, 3, 4, 6)]  # k2 is no png, k5 / k7 are skipped unread
+
+
+def test_gzipped_shards_read_whole_and_a_cut_one_is_a_counted_skip(data: dict, tmp_path: Path) -> None:
+    import gzip
+
+    whole = gzip.compress(data["captions"][0].read_bytes())
+    (tmp_path / "whole-000000.tar.gz").write_bytes(whole)
+    batches = _epoch(_dataset("webdataset", str(tmp_path / "whole-000000.tar.gz"), batch=2), 0)
+    assert len([k for b in batches for k in b["keys"]]) == 4 and not any(b["skipped"] for b in batches)
+    (tmp_path / "cut-000000.tar.gz").write_bytes(whole[: len(whole) * 3 // 4])
+    batches = _epoch(_dataset("webdataset", str(tmp_path / "cut-000000.tar.gz"), batch=2), 0)
+    assert [s for b in batches for s in b["skipped"] if "<rest of shard>" in s]
 
 def test_bad_samples_are_counted_in_a_training_run(data: dict, tmp_path: Path) -> None:
     shard = _bad_shard(data, tmp_path / "bad")

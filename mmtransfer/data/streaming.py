@@ -57,37 +57,45 @@ class Blob:
     def open(self, kind: str, sample_rate: int | None = None) -> Any:
         """Decode: a PIL RGB image (``kind`` image) or float32 mono audio at ``sample_rate``. ValueError on bad
         bytes, naming the blob."""
-        from PIL import Image, UnidentifiedImageError
+        from mmtransfer.io import decode_image, load_audio
 
-        from mmtransfer.io import load_audio, load_image
+        if kind == "image":
+            return decode_image(io.BytesIO(self.data), self.name)
+        if kind != "audio":
+            raise ValueError(f"{self.name}: {kind} media cannot come from a shard or dataset cell (only image, "
+                             "audio)")
+        if self.array is not None:
+            return load_audio(np.asarray(self.array, dtype=np.float32), sample_rate, self._array_rate())
+        import soundfile as sf
 
         try:
-            if kind == "image":
-                image = Image.open(io.BytesIO(self.data))
-                image.load()
-                return load_image(image)
-            if kind == "audio":
-                if self.array is not None:
-                    return load_audio(np.asarray(self.array, dtype=np.float32), sample_rate, self.rate)
-                import soundfile as sf
+            frames, rate = sf.read(io.BytesIO(self.data), dtype="float32", always_2d=True)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"cannot decode audio {self.name}: {_reason(err)}") from None
+        return load_audio(frames.mean(axis=1), sample_rate, rate)
 
-                frames, rate = sf.read(io.BytesIO(self.data), dtype="float32", always_2d=True)
-                return load_audio(frames.mean(axis=1), sample_rate, rate)
-        except (UnidentifiedImageError, OSError, RuntimeError, TypeError, SyntaxError) as err:
-            raise ValueError(f"cannot decode {kind} {self.name}: {err}") from None
-        raise ValueError(f"{self.name}: {kind} media cannot come from a shard or dataset cell (only image, audio)")
+    def _array_rate(self) -> int:
+        if not self.rate:
+            raise ValueError(f"decoded audio {self.name} has no sampling_rate")
+        return self.rate
 
     def seconds(self) -> float:
         """Audio duration from the header (no decoding)."""
         if self.array is not None:
-            return len(self.array) / float(self.rate or 1)
+            return len(self.array) / float(self._array_rate())
         import soundfile as sf
 
         try:
             info = sf.info(io.BytesIO(self.data))
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"cannot read the audio header of {self.name}: {err}") from None
+            raise ValueError(f"cannot read the audio header of {self.name}: {_reason(err)}") from None
         return info.frames / info.samplerate
+
+
+def _reason(err: Exception) -> str:
+    """soundfile's message names the in-memory file by its repr (an address): keep only libsndfile's reason, so
+    the same bad sample gives the same skip message every time."""
+    return getattr(err, "error_string", None) or type(err).__name__
 
 
 class Source:

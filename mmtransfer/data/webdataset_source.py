@@ -83,7 +83,7 @@ class WebDatasetSource(Source):
                 yield sample["__key__"], members
         finally:
             source["stream"].close()
-        if not url.startswith(REMOTE):
+        if not url.startswith(REMOTE) and url.endswith(".tar"):  # a compressed tar's stream checks its own end
             _check_complete(url)
 
     def parse(self, raw: dict[str, bytes], shard: str, key: str) -> dict[str, Any]:
