@@ -19,7 +19,7 @@ from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import ConfigError, InputError
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.modalities import MODALITIES
-from mmtransfer.packing import pack, packed_loss, target_positions
+from mmtransfer.packing import check_decoder, pack, packed_loss, target_positions
 from mmtransfer.processing import Processor
 from mmtransfer.splice import IGNORE_INDEX, splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy
@@ -226,6 +226,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         budget: int, overflow: list[int],
     ) -> Output:
         """The LM loss of a spliced batch run as packed rows (see ``mmtransfer.packing``)."""
+        check_decoder(self.decoder, int(mask.sum(1).max()))
         attn = getattr(self.decoder.config, "_attn_implementation", None) or "sdpa"
         packed = pack(embeds, mask, positions, labels, budget, attn)
         keep = target_positions(packed.labels)  # none: logits [0, V], every parameter still in the graph (DDP)

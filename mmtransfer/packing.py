@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mmtransfer.errors import ConfigError
 from mmtransfer.splice import IGNORE_INDEX
 
 
@@ -78,6 +79,29 @@ class Packed:
     def padding(self) -> float:
         """Share of the R x P positions that hold no sample."""
         return float((self.sample_ids < 0).float().mean()) if self.sample_ids.numel() else 0.0
+
+
+def check_decoder(decoder: torch.nn.Module, longest: int) -> None:
+    """ConfigError when packed rows would not give every sample its loss alone with this decoder.
+
+    Refused: decoders outside transformers' attention interface that may not take a 4-D mask (ALiBi biases or
+    state-space layers built from a 2-D mask: BLOOM, Falcon with ``alibi``, Mamba...); a router auxiliary loss
+    (``output_router_logits``, computed from a 2-D mask); and a sample of ``longest`` positions past a
+    sliding window (the block-diagonal mask has no window, so such a sample would see further than alone).
+    """
+    config, name = decoder.config, type(decoder).__name__
+    if getattr(config, "alibi", False) or not (getattr(decoder, "_supports_attention_backend", False)
+                                               or getattr(decoder, "_supports_sdpa", False)):
+        raise ConfigError(f"packing: {name} does not take a block-diagonal 4-D attention mask (ALiBi or "
+                          "state-space layers); set packing: false (bucket: true also cuts padding)")
+    if getattr(config, "output_router_logits", False):
+        raise ConfigError(f"packing: {name} adds a router auxiliary loss from a 2-D mask "
+                          "(output_router_logits); set it false or packing: false")
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if window and (layer_types is None or "sliding_attention" in layer_types) and longest > window:
+        raise ConfigError(f"packing: a sample of {longest} positions is longer than {name}'s sliding window "
+                          f"({window}), which the packed mask cannot apply; set packing: false")
 
 
 def takes_varlen(attn_implementation: str) -> bool:

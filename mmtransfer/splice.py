@@ -35,7 +35,8 @@ def splice(
 
     Returns:
         inputs_embeds [B, L, D], attention_mask [B, L], position_ids [B, L] (0 at each row's first
-        real token), labels [B, L] (``IGNORE_INDEX`` on prefixes and padding) or None. Rows are
+        real token), labels [B, L] (``IGNORE_INDEX`` on prefixes, padding and each row's first real
+        position) or None. Rows are
         left-padded to L, the longest spliced row.
     """
     real = attention_mask.bool()
@@ -66,6 +67,10 @@ def splice(
     if labels is not None:
         out_labels = labels.new_full((b_size, length), IGNORE_INDEX)
         out_labels[rows, starts[rows, cols]] = labels[rows, cols]
+        # A row's first real position has nothing before it to predict it from (alone it is never scored;
+        # left-padded, the padding before it would be): never a target.
+        nonempty = (total > 0).nonzero(as_tuple=True)[0]
+        out_labels[nonempty, offset[nonempty, 0]] = IGNORE_INDEX
 
     for ph_id, (emb, mask) in prefixes.items():
         ph_rows, ph_cols = occurrences[ph_id]

@@ -22,7 +22,7 @@ from mmtransfer.packing import pack, plan_rows
 from mmtransfer.splice import IGNORE_INDEX
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
-from tests.tiny_models import tiny_model_config
+from tests.tiny_models import TOKENIZER, VOCAB, tiny_model_config
 
 RATE = 16000
 
@@ -129,6 +129,55 @@ def test_the_varlen_layout_packs_the_same(tiny_model: mmtransfer.MultimodalGPT) 
     model.decoder.set_attn_implementation("varlen_reference")
     torch.testing.assert_close(model(**_batch(model, _conversations()), pack_tokens=64).sample_loss, alone,
                                rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_targets_from_the_first_token_score_alike_padded_packed_and_alone(
+        tiny_model: mmtransfer.MultimodalGPT) -> None:
+    """Plain LM rows with a target on every token: the first token of a left-padded row is not scored from the
+    padding before it, so the padded loss, the packed loss and the token-weighted losses alone agree."""
+    ids = [tiny_model.tokenizer(t)["input_ids"] for t in ("the cat sat on the mat today", "a dog")]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[0] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    labels = input_ids.masked_fill(mask == 0, IGNORE_INDEX)
+    padded = tiny_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    packed = tiny_model(input_ids=input_ids, attention_mask=mask, labels=labels, pack_tokens=64).loss
+    alone = [tiny_model(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                        labels=torch.tensor([x])).loss for x in ids]
+    weighted = sum(loss * (len(x) - 1) for loss, x in zip(alone, ids)) / sum(len(x) - 1 for x in ids)
+    torch.testing.assert_close(padded, weighted, rtol=0, atol=1e-5)
+    torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
+
+
+def _decoder(config: dict[str, Any]) -> mmtransfer.MultimodalGPT:
+    base = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 16, "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0,
+            "pad_token_id": 0}
+    decoder = {"model": "tiny", "pretrained": False, "config": base | config, "tokenizer": TOKENIZER}
+    return mmtransfer.build_model(tiny_model_config() | {"decoder": decoder}).eval()
+
+
+@torch.no_grad()
+def test_decoders_packing_cannot_serve_are_refused_by_name() -> None:
+    """A sliding window shorter than a sample, a router auxiliary loss, ALiBi: each a ConfigError naming it;
+    a window no sample exceeds packs exactly."""
+    conversations = _conversations()
+    window = _decoder({"model_type": "mistral", "sliding_window": 8, "max_position_embeddings": 256})
+    with pytest.raises(ConfigError, match=r"packing: a sample of \d+ positions is longer than MistralForCausalLM's "
+                                          r"sliding window \(8\)"):
+        window(**_batch(window, conversations), pack_tokens=64)
+    wide = _decoder({"model_type": "gemma3_text", "sliding_window": 512, "max_position_embeddings": 1024})
+    alone = torch.stack([wide(**_batch(wide, [c])).loss for c in conversations])
+    torch.testing.assert_close(wide(**_batch(wide, conversations), pack_tokens=64).sample_loss, alone,
+                               rtol=0, atol=1e-5)
+    moe = _decoder({"model_type": "mixtral", "num_local_experts": 2, "num_experts_per_tok": 1,
+                    "output_router_logits": True})
+    with pytest.raises(ConfigError, match=r"MixtralForCausalLM adds a router auxiliary loss"):
+        moe(**_batch(moe, conversations), pack_tokens=64)
+    bloom = _decoder({"model_type": "bloom", "n_layer": 2, "n_head": 2})
+    with pytest.raises(ConfigError, match=r"packing: BloomForCausalLM does not take a block-diagonal 4-D"):
+        bloom(**_batch(bloom, conversations), pack_tokens=64)
 
 
 @torch.no_grad()
