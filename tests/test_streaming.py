@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -304,6 +305,14 @@ def test_a_decompression_bomb_in_a_shard_is_a_counted_skip(data: dict, tmp_path:
     assert bombs == [f"{shard}:k{i}" for i in (0, 1, 3, 4, 6)]  # k2 is no png, k5 / k7 are skipped unread
 
 
+def test_decoded_audio_without_a_sampling_rate_is_a_clear_error() -> None:
+    blob = Blob("s:0.audio", array=np.zeros(1600, dtype=np.float32))
+    for read in (blob.seconds, lambda: blob.open("audio", 16000)):
+        with pytest.raises(ValueError, match=r"decoded audio s:0.audio has no sampling_rate"):
+            read()
+    assert Blob("s:1.audio", array=np.zeros(1600), rate=16000).seconds() == 0.1
+
+
 def test_gzipped_shards_read_whole_and_a_cut_one_is_a_counted_skip(data: dict, tmp_path: Path) -> None:
     import gzip
 
@@ -361,6 +370,38 @@ def test_missing_or_wrong_type_columns_are_config_errors_and_bad_cells_skips(tmp
     assert sorted(batch["skipped"]) == [f"{spec}:1: 'image' is null ({spec}:1.img)",
                                         f"{spec}:2: 'text' must be a string, got NoneType"]
 
+
+
+def test_parquet_files_that_disagree_with_the_first_are_config_errors(data: dict, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    png = (data["syn"] / "shapes" / "images" / "train_00000.png").read_bytes()
+    pq.write_table(pa.table({"image": [png], "text": ["a red circle"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"image": [png], "text": [1]}), tmp_path / "b.parquet")
+    with pytest.raises(ConfigError, match=r"columns.text: column 'text' is int64 in .*b.parquet but string in "):
+        _dataset("hf", str(tmp_path))
+    (tmp_path / "b.parquet").unlink()
+    pq.write_table(pa.table({"image": [png]}), tmp_path / "c.parquet")
+    with pytest.raises(ConfigError, match=r"columns.text: .*c.parquet has no column 'text' \(columns: image\)"):
+        _dataset("hf", str(tmp_path))
+
+
+def test_a_directory_of_hub_style_splits_gives_the_split_asked_for(data: dict, tmp_path: Path) -> None:
+    """``data/train-00000-of-00001.parquet`` beside ``data/validation-...``: training reads train only."""
+    root = tmp_path / "hub"
+    for split, per_file in (("train", 12), ("validation", 24)):
+        for n, path in enumerate(write_parquet(data["syn"] / "shapes" / "captions_train.jsonl", "captioning",
+                                               tmp_path / split, per_file=per_file)):
+            target = root / "data" / f"{split}-{n:05d}-of-{24 // per_file:05d}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+    assert _dataset("hf", str(root)).source.shards() == [str(root / "data" / f"train-0000{n}-of-00002.parquet")
+                                                        for n in (0, 1)]
+    one = open_source("hf", str(root), get_task("captioning"), split="validation")
+    assert [Path(p).name for p in one.shards()] == ["validation-00000-of-00001.parquet"]
+    with pytest.raises(ConfigError, match=r"holds the splits \['train', 'validation'\], not 'test'"):
+        open_source("hf", str(root), get_task("captioning"), split="test")
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet", "hf-dir"])
 def test_make_shards_writes_what_the_sources_read(fmt: str, data: dict, tmp_path: Path) -> None:

@@ -36,13 +36,27 @@ TEXT_TYPES = ("string", "large_string")
 MEDIA_TYPES = ("binary", "large_binary", "string", "large_string")
 
 
-def _files(spec: str) -> tuple[str, list[str]] | None:
-    """(builder, files) when ``spec`` names Parquet / Arrow files (a file, a glob, a directory of them)."""
+def _files(spec: str, split: str, where: str) -> tuple[str, list[str]] | None:
+    """(builder, files) when ``spec`` names Parquet / Arrow files (a file, a glob, a directory of them). A
+    directory whose file names carry splits the way the hub lays them out (``data/train-00000-of-00004.parquet``,
+    ``validation/...``; read by ``datasets``' own rules) into several splits gives the files of ``split`` only."""
     if os.path.isdir(spec):
-        for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
-            files = sorted(glob.glob(os.path.join(spec, "**", f"*.{ext}"), recursive=True))
-            if files:
-                return builder, files
+        from datasets.data_files import DataFilesDict, get_data_patterns
+
+        try:
+            patterns = get_data_patterns(spec)
+        except FileNotFoundError:  # datasets' EmptyDatasetError: no data files at all
+            return None
+        for ext in ("parquet", "arrow"):
+            try:
+                by_split = DataFilesDict.from_patterns(patterns, spec, allowed_extensions=[f".{ext}"])
+            except FileNotFoundError:
+                continue
+            if len(by_split) == 1:  # one split (or names without splits): all of it, whatever ``split`` says
+                return ext, sorted(next(iter(by_split.values())))
+            if split not in by_split:
+                raise ConfigError(f"{where}: {spec} holds the splits {sorted(by_split)}, not '{split}'")
+            return ext, sorted(by_split[split])
         return None
     files = sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec] if os.path.isfile(spec) else []
     if not files:
@@ -80,6 +94,7 @@ class HFSource(Source):
         self.where, self.task = spec, task
         self.root: str | None = None
         self.names: list[str] | None = None
+        self.files: list[str] = []  # Parquet / Arrow files: their schemas are checked against the first's
         if _is_disk_dataset(spec):
             directory = _split_dir(spec, split, where)
             state = json.loads(Path(directory, "state.json").read_text())
@@ -90,8 +105,9 @@ class HFSource(Source):
             self.root = os.path.abspath(spec)
             if self.ids.num_shards == len(files):
                 self.names = files
-        elif (found := _files(spec)) is not None:
+        elif (found := _files(spec, split, where)) is not None:
             builder, files = found
+            self.files = files
             self.ids = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
             self.root = os.path.abspath(spec if os.path.isdir(spec) else os.path.dirname(files[0]))
             if self.ids.num_shards == len(files):
@@ -107,6 +123,8 @@ class HFSource(Source):
         self.ids = self.ids.decode(False)  # we decode media ourselves, after skipping what a resume skips
         self.features = self.ids.features
         self.columns = self._map_columns(dict(columns or {}), where)
+        if self.files:
+            _check_schemas(self.files, self.columns, where)
         self.n = self.ids.num_shards
 
     def _map_columns(self, columns: dict[str, str], where: str) -> dict[str, str]:
@@ -184,6 +202,33 @@ class HFSource(Source):
             return self._media(cell, kind, f"{shard}:{key}.{value}")
 
         return map_media_parts(messages, convert)
+
+
+def _check_schemas(files: list[str], columns: dict[str, str], where: str) -> None:
+    """Every file holds the mapped columns, typed as in the first (``datasets`` reads the first file's schema
+    only, and would cast or null the others' cells row by row). ConfigError naming the file and column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def schema(path: str) -> pa.Schema:
+        if path.endswith(".parquet"):
+            return pq.read_schema(path)
+        with pa.memory_map(path) as stream:  # datasets writes Arrow IPC streams; others write IPC files
+            try:
+                return pa.ipc.open_stream(stream).schema
+            except pa.ArrowInvalid:
+                return pa.ipc.open_file(stream).schema
+
+    first = schema(files[0])
+    for path in files[1:]:
+        other = schema(path)
+        for field, column in columns.items():
+            if column not in other.names:
+                raise ConfigError(f"{where}: columns.{field}: {path} has no column '{column}' (columns: "
+                                  f"{', '.join(other.names)})")
+            if other.field(column).type != first.field(column).type:
+                raise ConfigError(f"{where}: columns.{field}: column '{column}' is {other.field(column).type} in "
+                                  f"{path} but {first.field(column).type} in {files[0]}")
 
 
 def _check_type(field: str, column: str, feature: Any, task: Any, where: str) -> None:
