@@ -194,6 +194,7 @@ def test_splice_batched_equals_row_by_row_and_masks_labels(rows: list[dict], see
                 expected_lab.append(y)
         if n:
             assert torch.equal(emb[i, width - n :], torch.stack(expected_emb))
+            expected_lab[0] = IGNORE_INDEX  # nothing precedes a row's first real position: never a target
         assert lab[i, width - n :].tolist() == expected_lab
 
 

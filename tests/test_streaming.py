@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -449,3 +450,28 @@ def test_two_process_ddp_streams_disjoint_shards_and_resumes(data: dict, tmp_pat
         seen = [k for r in ranks for b in r["samples"] if b["epoch"] == epoch for k in b["keys"]]
         assert len(seen) == len(set(seen)), (epoch, ranks)
         assert epoch == 1 or set(seen) == data["keys"], ranks
+
+
+def test_each_rank_keeps_its_own_skip_count_and_the_checkpoint_their_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TrainData.state_dict`` under 2 processes (the gather stands in for the other rank's answer)."""
+    import accelerate.utils
+
+    from mmtransfer.train.data import TrainData
+
+    restored: list[Any] = []
+
+    def data(rank: int, skipped: int) -> TrainData:
+        mixture = SimpleNamespace(state_dict=lambda: {"position": rank}, load_state_dict=restored.append)
+        out = TrainData(mixture, {}, ("loss", False), rank=rank, world_size=2)  # type: ignore[arg-type]
+        out.skipped = skipped
+        return out
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda obj: [obj[0], ({"position": 1}, 5)])
+    state = data(0, 3).state_dict()
+    assert state["skipped"] == 8 and state["rank_skipped"] == [3, 5]
+    assert state["rank_mixtures"] == [{"position": 0}, {"position": 1}]
+    loaded = [data(rank, 0) for rank in (0, 1, 2)]
+    for d in loaded:
+        d.load_state_dict(state)
+    assert [d.skipped for d in loaded] == [3, 5, 8]
+    assert restored == [{"position": 0}, {"position": 1}, {"position": 0}]  # rank 2: none of its own

@@ -83,24 +83,26 @@ class TrainData:
         return self.primary
 
     def state_dict(self) -> dict[str, Any]:
-        """The data position. With several processes (every rank calls it: a collective) it also holds
-        ``rank_mixtures``, every rank's Mixture state: a streaming source's epochs and positions differ by rank."""
+        """The data position and skip count. With several processes (every rank calls it: a collective) also
+        every rank's own, ``rank_mixtures`` (a streaming source's epochs and positions differ by rank) and
+        ``rank_skipped``; ``skipped`` is then their sum."""
         state = {"mixture": self.mixture.state_dict(), "skipped": self.skipped}
         if self.world_size > 1:
             from accelerate.utils import gather_object
 
-            state["rank_mixtures"] = gather_object([state["mixture"]])
+            ranks = gather_object([(state["mixture"], self.skipped)])
+            state["rank_mixtures"] = [mixture for mixture, _ in ranks]
+            state["rank_skipped"] = [skipped for _, skipped in ranks]
+            state["skipped"] = sum(state["rank_skipped"])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``: this rank from its own entry of ``rank_mixtures`` where there is one (a rank
-        the checkpoint has none for, or a one-process checkpoint, starts at rank 0's)."""
-        mixture = state["mixture"]
-        ranks = state.get("rank_mixtures")
-        if ranks is not None and self.rank < len(ranks):
-            mixture = ranks[self.rank]
-        self.mixture.load_state_dict(mixture)
-        self.skipped = state["skipped"]
+        """Continue from ``state``: this rank from its own entries of ``rank_mixtures`` / ``rank_skipped``
+        where there are (a rank the checkpoint has none for, or a one-process checkpoint, starts from the
+        shared ones)."""
+        ranks, skips = state.get("rank_mixtures", []), state.get("rank_skipped", [])
+        self.mixture.load_state_dict(ranks[self.rank] if self.rank < len(ranks) else state["mixture"])
+        self.skipped = skips[self.rank] if self.rank < len(skips) else state["skipped"]
 
 
 def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size: int = 1) -> TrainData:
