@@ -231,7 +231,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         packed = pack(embeds, mask, positions, labels, budget, attn)
         keep = target_positions(packed.labels)  # none: logits [0, V], every parameter still in the graph (DDP)
         out = self.decoder(inputs_embeds=packed.inputs_embeds, attention_mask=packed.attention_mask,
-                           position_ids=packed.position_ids, logits_to_keep=keep)
+                           position_ids=packed.position_ids, logits_to_keep=keep, **packed.varlen_kwargs)
         loss, per_sample = packed_loss(out.logits, packed, keep)
         return Output(loss, out.logits, overflow, sample_loss=per_sample)
 

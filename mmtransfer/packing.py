@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,9 @@ class Packed:
     - ``inputs_embeds`` [R, P, D]; ``position_ids`` [R, P]: 0 at each sample's first position (and on padding).
     - ``attention_mask``: bool [R, 1, P, P] (True: may attend), its float additive form (eager attention),
       or None (flash attention: R = 1 and the position ids mark the samples).
+    - ``varlen_kwargs``: for flash attention, the samples' spans of the one row as transformers' flash
+      kwargs (``cu_seq_lens_q`` / ``_k`` int32 [N + 1], ``max_length_q`` / ``_k``), passed to the decoder so that
+      decoders whose attention never sees the position ids (GPTBigCode) stay within each sample; else empty.
     - ``labels`` [R, P] or None: ``IGNORE_INDEX`` at each sample's first position and on padding.
     - ``sample_ids`` [R, P]: index of the sample (its row in the unpacked batch) at each position, -1 on padding.
     - ``rows``: the sample indices of each row (``plan_rows``); ``n_samples``: N.
@@ -74,6 +78,7 @@ class Packed:
     sample_ids: torch.Tensor
     rows: list[list[int]]
     n_samples: int
+    varlen_kwargs: dict[str, Any]
 
     @property
     def padding(self) -> float:
@@ -171,7 +176,13 @@ def pack(
         if attn_implementation == "eager":  # eager attention adds the mask to the scores
             zero = torch.zeros((), dtype=embeds.dtype, device=dev)
             attention = torch.where(attention, zero, torch.finfo(embeds.dtype).min)
-    return Packed(out, attention, pos, out_labels, sample_ids, rows, n)
+    varlen_kwargs: dict[str, Any] = {}
+    if varlen:
+        flat = lengths[[i for row in rows for i in row]]  # the samples' lengths in the row's order
+        cu = torch.cat([flat.new_zeros(1), flat.cumsum(0)]).to(device=dev, dtype=torch.int32)
+        longest = int(flat.max()) if len(flat) else 0
+        varlen_kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+    return Packed(out, attention, pos, out_labels, sample_ids, rows, n, varlen_kwargs)
 
 
 def target_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -98,16 +98,27 @@ def test_a_packed_batch_without_targets_keeps_its_graph(tiny_model: mmtransfer.M
     assert all(p.grad is not None for p in tiny_model.decoder.parameters())  # every one took part (DDP needs it)
 
 
+def _decoder(config: dict[str, Any]) -> mmtransfer.MultimodalGPT:
+    base = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 16, "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0,
+            "pad_token_id": 0}
+    decoder = {"model": "tiny", "pretrained": False, "config": base | config, "tokenizer": TOKENIZER}
+    return mmtransfer.build_model(tiny_model_config() | {"decoder": decoder}).eval()
+
+
 def _varlen_reference(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
                       scaling: float | None = None, dropout: float = 0.0, position_ids: Any = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
     """What ``flash_attn_varlen_func`` computes, on the CPU: causal attention inside each span of the one flat row
-    [1, H, T, D], the spans cut by transformers' own reading of the position ids (the ``cu_seqlens`` it gives
-    flash attention)."""
+    [1, H, T, D], the spans given by the ``cu_seq_lens_q`` kwarg as in transformers' flash path, which must agree
+    with transformers' own reading of the position ids (its fallback)."""
     from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
     assert attention_mask is None and query.shape[0] == 1
-    (cu_seqlens, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
+    cu_seqlens = kwargs["cu_seq_lens_q"]
+    assert kwargs["max_length_q"] == int(cu_seqlens.diff().max())
+    if position_ids is not None:  # GPTBigCode's attention never sees them
+        assert cu_seqlens.equal(prepare_fa_kwargs_from_position_ids(position_ids)[0][0])
     out = torch.empty_like(query)
     for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
         out[:, :, a:b] = F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
@@ -116,15 +127,18 @@ def _varlen_reference(module: Any, query: torch.Tensor, key: torch.Tensor, value
 
 
 @torch.no_grad()
-def test_the_varlen_layout_packs_the_same(tiny_model: mmtransfer.MultimodalGPT) -> None:
-    """The flash-attention layout (one flat row, no mask, restarting position ids) under a reference of the
-    varlen kernel registered like a flash implementation: every sample's loss equals its loss alone."""
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_bigcode"])
+def test_the_varlen_layout_packs_the_same(arch: str) -> None:
+    """The flash-attention layout (one flat row, no mask, restarting position ids, the spans as flash kwargs)
+    under a reference of the varlen kernel registered like a flash implementation: every sample's loss equals
+    its loss alone."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import flash_attention_mask
 
     AttentionInterface.register("varlen_reference", _varlen_reference)
     AttentionMaskInterface.register("varlen_reference", flash_attention_mask)
-    model = tiny_model.float()
+    model = _decoder({"model_type": "gpt_bigcode", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 256}
+                     ) if arch == "gpt_bigcode" else mmtransfer.build_model(tiny_model_config(arch)).eval()
     alone = torch.stack([model(**_batch(model, [c])).loss for c in _conversations()])
     model.decoder.set_attn_implementation("varlen_reference")
     torch.testing.assert_close(model(**_batch(model, _conversations()), pack_tokens=64).sample_loss, alone,
@@ -148,14 +162,6 @@ def test_targets_from_the_first_token_score_alike_padded_packed_and_alone(
     weighted = sum(loss * (len(x) - 1) for loss, x in zip(alone, ids)) / sum(len(x) - 1 for x in ids)
     torch.testing.assert_close(padded, weighted, rtol=0, atol=1e-5)
     torch.testing.assert_close(packed, padded, rtol=0, atol=1e-5)
-
-
-def _decoder(config: dict[str, Any]) -> mmtransfer.MultimodalGPT:
-    base = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-            "num_key_value_heads": 1, "head_dim": 16, "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0,
-            "pad_token_id": 0}
-    decoder = {"model": "tiny", "pretrained": False, "config": base | config, "tokenizer": TOKENIZER}
-    return mmtransfer.build_model(tiny_model_config() | {"decoder": decoder}).eval()
 
 
 @torch.no_grad()
