@@ -137,6 +137,8 @@ def main() -> None:
     p.add_argument("--base", type=int, default=2000, help="memory part: samples of the smaller set (x10 the other)")
     p.add_argument("--work", default=str(ROOT / "outputs" / "bench" / "data_sources"))
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "data_sources.json"))
+    p.add_argument("--parts", default="throughput,memory", help="which parts to run (benchmarks/packing.py runs "
+                   "the throughput part in its own run)")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.repeat)))
@@ -173,7 +175,8 @@ def main() -> None:
         result["throughput"].append(row)
         print("THROUGHPUT", json.dumps(row), flush=True)
         save()
-    for size in (args.base, 10 * args.base):
+    parts = args.parts.split(",")
+    for size in (args.base, 10 * args.base) if "memory" in parts else ():
         gen = work / "generated"
         specs = write_formats(generated(gen, size), gen / str(size), per_shard=500)
         for fmt in FORMATS:
@@ -186,6 +189,10 @@ def main() -> None:
     print(f"\n| format | {name}: images/s | peak RSS (MB) |\n|---|---|---|")
     for r in result["throughput"]:
         print(f"| {r['format']} | {r['samples_per_s']} | {r['peak_rss_mb']} |")
+    if "memory" not in parts:
+        save()
+        print(f"\nwritten to {args.out}")
+        return
     print(f"\n| format | peak RSS (MB), {args.base} samples | {10 * args.base} samples | ratio |\n|---|---|---|---|")
     for fmt in FORMATS:
         small, large = (next(r for r in result["memory"] if r["format"] == fmt and r["samples_in_set"] == s)

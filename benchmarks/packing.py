@@ -20,7 +20,10 @@ real tokens/s are those of the training step (forward, backward, AdamW). Padding
 computes that hold no sample token. ``--threads 1`` when other jobs share the CPUs: two torch threads on
 an oversubscribed machine wait on each other and the timings scatter by 3x from step to step.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/packing.py --steps 30 --threads 1   # ~3 min on 2 cores
+The same run then measures reading (``benchmarks/data_sources.py --parts throughput``: the coco-mini photos
+as a JSONL manifest, WebDataset shards, Parquet files and a ``save_to_disk`` directory; ``--no-sources`` skips it).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/packing.py --steps 30   # ~4 min on 2 cores
 """
 
 from __future__ import annotations
@@ -178,6 +181,17 @@ class Mode:
                 "mean_loss": sum(self.losses) / len(self.losses), "collate_s": round(self.collate_s, 1)}
 
 
+def read_sources(work: Path, data: str) -> dict[str, Any]:
+    """The data-source reading part of this run: ``data_sources.py --parts throughput`` in a subprocess."""
+    import subprocess
+
+    out = work / "sources.json"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("data_sources.py")), "--parts", "throughput",
+                    "--data", data, "--work", str(work / "sources"), "--out", str(out)], check=True,
+                   stdout=subprocess.DEVNULL, timeout=1800)
+    return json.loads(out.read_text())
+
+
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "packing")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per mode")
@@ -185,6 +199,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--pack-tokens", type=int, default=256, help="packed: positions per row")
     p.add_argument("--per-source", type=int, default=200, help="samples of each source in the pool")
+    p.add_argument("--no-sources", action="store_true", help="leave out the same run's data-source reading part "
+                   "(benchmarks/data_sources.py --parts throughput: JSONL vs WebDataset vs HF, coco-mini)")
     p.set_defaults(out=str(ROOT / "outputs" / "bench" / "packing.json"))
     args = p.parse_args()
     setup(args)
@@ -206,9 +222,11 @@ def main() -> None:
     base = rows[0]["samples_per_s"]
     for row in rows:
         row["vs_padded"] = row["samples_per_s"] / base
+    sources = None if args.no_sources else read_sources(Path(args.work), args.data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {**meta, "load_avg_end": load_avg()}, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"meta": {**meta, "load_avg_end": load_avg()}, "rows": rows,
+                               "sources": sources}, indent=1))
     print(f"\npacking: {', '.join(sources)}; batch {args.batch_size}, {args.steps} steps per mode, "
           f"pack_tokens {args.pack_tokens}; load average {meta['load_avg_start']} -> {load_avg()}")
     print("| mode | samples/s | real tokens/s | padding share | vs padded (samples/s) | mean loss |")
@@ -216,6 +234,11 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['samples_per_s']:.1f} | {r['real_tokens_per_s']:.0f} | {r['padding_share']:.0%} | "
               f"{r['vs_padded']:.2f}x | {r['mean_loss']:.3f} |")
+    if sources is not None:
+        print(f"\nreading {sources['throughput'][0]['data']}, images/s (no model):")
+        print("| source | images/s | peak RSS (MB) |\n|---|---|---|")
+        for r in sources["throughput"]:
+            print(f"| {r['format']} | {r['samples_per_s']} | {r['peak_rss_mb']} |")
     print(f"\nwritten to {out}")
 
 
