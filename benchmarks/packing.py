@@ -222,11 +222,11 @@ def main() -> None:
     base = rows[0]["samples_per_s"]
     for row in rows:
         row["vs_padded"] = row["samples_per_s"] / base
-    sources = None if args.no_sources else read_sources(Path(args.work), args.data)
+    reading = None if args.no_sources else read_sources(Path(args.work), args.data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": {**meta, "load_avg_end": load_avg()}, "rows": rows,
-                               "sources": sources}, indent=1))
+                               "reading": reading}, indent=1))
     print(f"\npacking: {', '.join(sources)}; batch {args.batch_size}, {args.steps} steps per mode, "
           f"pack_tokens {args.pack_tokens}; load average {meta['load_avg_start']} -> {load_avg()}")
     print("| mode | samples/s | real tokens/s | padding share | vs padded (samples/s) | mean loss |")
@@ -234,10 +234,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['samples_per_s']:.1f} | {r['real_tokens_per_s']:.0f} | {r['padding_share']:.0%} | "
               f"{r['vs_padded']:.2f}x | {r['mean_loss']:.3f} |")
-    if sources is not None:
-        print(f"\nreading {sources['throughput'][0]['data']}, images/s (no model):")
+    if reading is not None:
+        print(f"\nreading {reading['throughput'][0]['data']}, images/s (no model):")
         print("| source | images/s | peak RSS (MB) |\n|---|---|---|")
-        for r in sources["throughput"]:
+        for r in reading["throughput"]:
             print(f"| {r['format']} | {r['samples_per_s']} | {r['peak_rss_mb']} |")
     print(f"\nwritten to {out}")
 
