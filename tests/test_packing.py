@@ -59,6 +59,7 @@ def _batch(model: mmtransfer.MultimodalGPT, conversations: list[Any]) -> dict[st
 def test_plan_rows_fills_rows_under_the_budget() -> None:
     assert plan_rows([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]  # first fit, longest first
     assert plan_rows([3, 3, 3], 100) == [[0, 1, 2]]
+    assert plan_rows([1, 1, 5, 5], 6) == [[0, 2], [1, 3]]  # longest first: 2 rows (first fit in order: 3)
     assert plan_rows([10, 2, 3], 4) == [[0], [1], [2]]  # longer than the budget: a row of its own, not cut
     assert all(sum([5, 3, 4, 2][i] for i in r) <= 8 for r in plan_rows([5, 3, 4, 2], 8))
     with pytest.raises(ValueError, match="pack_tokens"):
