@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from mmtransfer.chat import parts
 from mmtransfer.data.manifest import Skip, audio_seconds, check_on_error, report
+from mmtransfer.data.streaming import Blob
 from mmtransfer.modalities import modality as modality_of
 from mmtransfer.tasks import Sample, Task, get_task
 
@@ -113,7 +114,7 @@ class TaskDataset(Dataset):
             if part["type"] != "text":
                 spec, value = modality_of(part["type"]), part[part["type"]]
                 cached = spec.name == spec.encoder and self._is_cached(spec.name, value)
-                if not cached and hasattr(value, "open"):  # a streaming ``Blob``: decode it first
+                if not cached and isinstance(value, Blob):  # in-memory media from a shard: decode it first
                     part = {**part, part["type"]: value.open(part["type"], self.sample_rate)}
                 part = {**part, "raw": None if cached else spec.load(part, self.sample_rate, self.video_frames)}
                 if isinstance(value, str):
@@ -138,7 +139,7 @@ class TaskDataset(Dataset):
 def decode(modality: str, media: Any, sample_rate: int | None = None) -> Any:
     """A path (or already-decoded media, or a streaming ``Blob``) -> PIL RGB image, or float32 mono audio [T] at
     ``sample_rate``."""
-    if hasattr(media, "open") and hasattr(media, "data"):  # mmtransfer.data.streaming.Blob
+    if isinstance(media, Blob):
         return media.open(modality, sample_rate)
     [raw] = modality_of(modality).load({"type": modality, modality: media}, sample_rate, 1)
     return raw

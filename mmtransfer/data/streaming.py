@@ -193,18 +193,10 @@ class StreamingDataset(IterableDataset):
         index = 0
         for shard in mine.tolist():
             name = self.shard_names[shard]
-            try:
-                for key, raw in self.source.records(shard):
-                    index += 1
-                    if by_shard or (index - 1) % slots == slot:
-                        yield name, key, raw
-            except Exception as err:  # noqa: BLE001 (any damage to a shard: name it, skip the rest of it)
-                if isinstance(err, DataError):
-                    raise
+            for record in shard_records(self.source, shard, name):
                 index += 1
                 if by_shard or (index - 1) % slots == slot:
-                    yield Skip(name, "<rest of shard>", f"cannot read the shard past here: {type(err).__name__}: "
-                                                        f"{err}")
+                    yield record if isinstance(record, Skip) else (name, *record)
 
     def _shuffled(self, stream: Iterator[Any], slot: int) -> Iterator[Any]:
         if not self.shuffle or self.shuffle_buffer <= 1:
@@ -225,12 +217,9 @@ class StreamingDataset(IterableDataset):
     def _entries(self, record: tuple[str, str, Any] | Skip) -> list[Entry]:
         if isinstance(record, Skip):
             return [record]
-        shard, key, raw = record
-        try:
-            sample = self.to_sample(self.source.parse(raw, shard, key))
-        except ValueError as err:
-            return [Skip(shard, key, str(err))]
-        sample["source"] = (shard, key)
+        sample = parse_record(self.source, self.to_sample, *record)
+        if isinstance(sample, Skip):
+            return [sample]
         task = self.decoder.task
         targets = task.targets(sample) if self.expand_targets else [task.target(sample)]
         return [(sample, t) for t in targets]
@@ -283,28 +272,42 @@ def make_stream_loader(dataset: StreamingDataset, num_workers: int = 0, seed: in
                       generator=generator)
 
 
+def shard_records(source: Source, shard: int, name: str) -> Iterator[tuple[str, Any] | Skip]:
+    """``source.records(shard)``; damage to the shard (a truncated tar, a corrupt file) ends it with a ``Skip``
+    named ``name:<rest of shard>``. A ``DataError`` (a configuration problem) is raised."""
+    try:
+        yield from source.records(shard)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 (any damage to a shard: name it, skip the rest of it)
+        yield Skip(name, "<rest of shard>", f"cannot read the shard past here: {type(err).__name__}: {err}")
+
+
+def parse_record(source: Source, to_sample: Callable[[dict[str, Any]], dict[str, Any]], shard: str, key: str,
+                 raw: Any) -> dict[str, Any] | Skip:
+    """A raw record -> its checked sample with ``source`` = (shard, key), or the ``Skip`` saying why not."""
+    try:
+        sample = to_sample(source.parse(raw, shard, key))
+    except ValueError as err:
+        return Skip(shard, key, str(err))
+    sample["source"] = (shard, key)
+    return sample
+
+
 def read_samples(source: Source, to_sample: Callable[[dict[str, Any]], dict[str, Any]], limit: int | None,
                  on_error: str = "skip") -> tuple[list[dict[str, Any]], list[Skip]]:
     """The first ``limit`` good samples of every shard in order (for evaluation splits), and the skips."""
     samples: list[dict[str, Any]] = []
     skipped: list[Skip] = []
     for i, shard in enumerate(source.shards()):
-        try:
-            for key, raw in source.records(i):
-                try:
-                    sample = to_sample(source.parse(raw, shard, key))
-                except ValueError as err:
-                    report(Skip(shard, key, str(err)), on_error, skipped)
-                    continue
-                sample["source"] = (shard, key)
-                samples.append(sample)
-                if limit and len(samples) >= limit:
-                    return samples, skipped
-        except DataError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            report(Skip(shard, "<rest of shard>", f"cannot read the shard past here: {type(err).__name__}: {err}"),
-                   on_error, skipped)
+        for record in shard_records(source, i, shard):
+            sample = record if isinstance(record, Skip) else parse_record(source, to_sample, shard, *record)
+            if isinstance(sample, Skip):
+                report(sample, on_error, skipped)
+                continue
+            samples.append(sample)
+            if limit and len(samples) >= limit:
+                return samples, skipped
     return samples, skipped
 
 

@@ -128,22 +128,32 @@ def _dataset(
     ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None, train: bool,
     caches: dict[str, FeatureCache] | None = None,
 ) -> TaskDataset:
-    labels = model.config.labels if task.api == "classify" else None
     if ds.source != "jsonl":  # an eval split of a streaming source: its first samples, in memory
         manifest = _stream_samples(ds, task, model, path, limit, split=ds.train_split if train else ds.eval_split)
     elif task.api == "chat":
         manifest = read_conversations(path, ds.format, on_error=ds.on_error)
     else:
-        manifest = read_manifest(path, task, labels=labels, on_error=ds.on_error,
+        manifest = read_manifest(path, task, labels=_labels(task, model), on_error=ds.on_error,
                                  max_audio_seconds=ds.max_audio_seconds)
     samples = list(manifest)[:limit] if limit else list(manifest)
     if not samples:
         raise DataError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
+    return _task_dataset(samples, ds, task, model, train, caches)
+
+
+def _task_dataset(samples: list, ds: DatasetConfig, task: Task, model: MultimodalGPT, train: bool,
+                  caches: dict[str, FeatureCache] | None) -> TaskDataset:
+    """The dataset that decodes ``samples`` (a streaming loader's: none, it decodes the entries it reads)."""
     audio = dict(model.encoders.items()).get("audio")
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,
                        cached={k: c.contains for k, c in (caches or {}).items()},
                        video_frames=model.config.video_frames)
+
+
+def _labels(task: Task, model: MultimodalGPT) -> list[str] | None:
+    """The class names a classification sample's label must be one of (None for other tasks)."""
+    return model.config.labels if task.api == "classify" else None
 
 
 def _train_loader(
@@ -155,11 +165,11 @@ def _train_loader(
         encoder = model.encoders[kind]
         if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
             caches[kind] = FeatureCache(Path(cfg.feature_cache), encoder)
-    if ds.source != "jsonl":
-        return _stream_loader(ds, task, cfg, model, rank, world_size, caches)
-    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, caches=caches)
     collator = Collator(model, task, cache=caches, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
                         loss_on=ds.loss_on, pack_tokens=cfg.pack_tokens if cfg.packing else None)
+    if ds.source != "jsonl":
+        return _stream_loader(ds, task, cfg, model, rank, world_size, caches, collator)
+    dataset = _dataset(ds, task, model, ds.train, ds.max_train_samples, train=True, caches=caches)
     return make_loader(dataset, collator, cfg.batch_size, shuffle=True, seed=cfg.seed,
                        bucket=ds.bucket, num_workers=cfg.num_workers, rank=rank, world_size=world_size)
 
@@ -170,28 +180,22 @@ def _stream_samples(ds: DatasetConfig, task: Task, model: MultimodalGPT, path: s
     from mmtransfer.data.manifest import Manifest
     from mmtransfer.data.streaming import ToSample, open_source, read_samples
 
-    labels = model.config.labels if task.api == "classify" else None
     source = open_source(ds.source, path, task, ds.columns, split=split, where=path)
-    samples, skipped = read_samples(source, ToSample(task, labels, ds.max_audio_seconds), limit, ds.on_error)
+    samples, skipped = read_samples(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), limit,
+                                    ds.on_error)
     return Manifest(Path(path), samples, skipped)
 
 
 def _stream_loader(
     ds: DatasetConfig, task: Task, cfg: TrainConfig, model: MultimodalGPT, rank: int, world_size: int,
-    caches: dict[str, FeatureCache],
+    caches: dict[str, FeatureCache], collator: Collator,
 ) -> torch.utils.data.DataLoader:
     """A streaming training loader (mmtransfer.data.streaming): the dataset is read as it trains."""
     from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source
 
-    labels = model.config.labels if task.api == "classify" else None
     source = open_source(ds.source, ds.train, task, ds.columns, split=ds.train_split, where=ds.train)
-    audio = dict(model.encoders.items()).get("audio")
-    rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
-    decoder = TaskDataset([], task, sample_rate=rate, on_error=ds.on_error,
-                          cached={k: c.contains for k, c in caches.items()}, video_frames=model.config.video_frames)
-    collator = Collator(model, task, cache=caches, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
-                        loss_on=ds.loss_on, pack_tokens=cfg.pack_tokens if cfg.packing else None)
-    dataset = StreamingDataset(source, ToSample(task, labels, ds.max_audio_seconds), decoder, collator,
+    decoder = _task_dataset([], ds, task, model, True, caches)
+    dataset = StreamingDataset(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), decoder, collator,
                                cfg.batch_size, seed=cfg.seed, shuffle_buffer=ds.shuffle_buffer,
                                rank=rank, world_size=world_size, num_workers=cfg.num_workers, on_error=ds.on_error)
     return make_stream_loader(dataset, cfg.num_workers, seed=cfg.seed)
