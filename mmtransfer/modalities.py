@@ -26,14 +26,16 @@ ENCODER_KINDS = tuple(PLACEHOLDERS)
 @dataclass(frozen=True)
 class Modality:
     """``load(part, sample_rate, frames) -> raw items`` for the encoder (PIL images, float32 audio [T]),
-    one per prefix; ``count(frames)`` how many prefixes a part becomes; ``blank(sample_rate)`` one neutral
-    raw item (for the encoder's own kinds: a pass that keeps every rank running the same modules)."""
+    one per prefix; ``count(frames)`` how many prefixes a part becomes; ``blank(like, sample_rate)`` one neutral
+    raw item: a black image, silence, of ``like``'s size or length (a raw item of this kind) or a default one
+    without it. Blanks measure the media gain (``mmtransfer.media_gain``) and, for the encoder's own kinds, give
+    the pass that keeps every rank running the same modules."""
 
     name: str
     encoder: str
     load: Callable[[dict[str, Any], int | None, int], list[Any]]
+    blank: Callable[[Any, int | None], Any]
     count: Callable[[int], int] = lambda frames: 1
-    blank: Callable[[int | None], Any] | None = None
 
 
 def _audio(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
@@ -48,11 +50,20 @@ def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[A
     return load_video(part["video"], frames)
 
 
+def _black(like: Image.Image | None, rate: int | None) -> Image.Image:
+    """A black RGB image of ``like``'s size (32 x 32 without it)."""
+    return Image.new("RGB", like.size if like is not None else (32, 32))
+
+
+def _silence(like: np.ndarray | None, rate: int | None) -> np.ndarray:
+    """Silence (float32 zeros) as long as ``like``, or one second at ``rate`` without it."""
+    return np.zeros(len(like) if like is not None else rate or 16000, dtype=np.float32)
+
+
 MODALITIES: dict[str, Modality] = {
-    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])],
-                      blank=lambda rate: Image.new("RGB", (32, 32))),
-    "audio": Modality("audio", "audio", _audio, blank=lambda rate: np.zeros(rate or 16000, dtype=np.float32)),
-    "video": Modality("video", "image", _video, count=lambda frames: frames),
+    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])], blank=_black),
+    "audio": Modality("audio", "audio", _audio, blank=_silence),
+    "video": Modality("video", "image", _video, count=lambda frames: frames, blank=_black),  # per frame
 }
 
 

@@ -152,7 +152,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         others (DeepSpeed #7170, ms-swift #6171). Multiplied by zero, it changes no value or gradient."""
         encoder = self.encoders[kind]
         if any(p.requires_grad for p in encoder.parameters()):
-            inputs = self.processor.preprocess(kind, [MODALITIES[kind].blank(encoder.sample_rate)])
+            inputs = self.processor.preprocess(kind, [MODALITIES[kind].blank(None, encoder.sample_rate)])
             return self.encode(kind, {k: v.to(self.device) for k, v in inputs.items()})[0]
         features = torch.zeros(1, 1, encoder.out_dim, device=self.device)
         return self.encode(kind, {"features": features, "mask": torch.ones(1, 1, device=self.device)})[0]

@@ -81,6 +81,7 @@ class TrainConfig:
     pack_tokens: int = 512  # packing: positions per row (prefix + text); a longer sample gets a row of its own
     eval_batch_size: int = 16
     eval_every: int = 0  # steps; 0: only at the end
+    media_gain: bool = True  # every eval also scores each modality blanked (mmtransfer.media_gain): 2x eval cost
     save_every: int = 0  # steps; 0: only at the end (and the best checkpoint)
     log_every: int = 10  # log.jsonl / TensorBoard: one record per task every N steps (mean loss over them)
     tensorboard: bool = False  # also write TensorBoard events under <output_dir>/tensorboard (extra: tensorboard)

@@ -17,6 +17,7 @@ from mmtransfer.data import (
     make_loader,
     read_manifest,
 )
+from mmtransfer import media_gain as gain
 from mmtransfer.data.conversations import read_conversations
 from mmtransfer.errors import ConfigError, DataError
 from mmtransfer.model import MultimodalGPT
@@ -57,12 +58,14 @@ class TrainData:
         return to_device({k: v for k, v in batch.items() if k in MODEL_INPUTS}, device)
 
     @torch.no_grad()
-    def evaluate(self, model: MultimodalGPT, batch_size: int, max_new_tokens: int) -> dict[str, float]:
-        """``{"<task>/<metric>": value}`` over every eval split."""
+    def evaluate(self, model: MultimodalGPT, batch_size: int, max_new_tokens: int,
+                 media_gain: bool = True) -> dict[str, float]:
+        """``{"<task>/<metric>": value}`` over every eval split, with its ``loss`` and (``media_gain``) each
+        modality's media gain (``<task>/gain/<kind>/...``, see ``mmtransfer.media_gain``)."""
         metrics: dict[str, float] = {}
         for name, (task, dataset) in self.eval_sets.items():
             kwargs = {} if task.api == "classify" else {"max_new_tokens": max_new_tokens}
-            for key, value in task.evaluate(model, dataset, batch_size, **kwargs).items():
+            for key, value in gain.evaluate(model, task, dataset, batch_size, media_gain, **kwargs).items():
                 metrics[f"{name}/{key}"] = value
         return metrics
 

@@ -16,6 +16,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
+from mmtransfer import media_gain
 from mmtransfer.builder import build_model
 from mmtransfer.data import DataError, Skip
 from mmtransfer.errors import ConfigError, WeightsNotFoundError
@@ -237,7 +238,7 @@ def _evaluate(model: MultimodalGPT, data: TrainData, cfg: TrainConfig, acc: Acce
     metrics: dict[str, float] = {}
     if acc.is_main_process:
         model.eval()
-        metrics = data.evaluate(model, cfg.eval_batch_size, cfg.max_new_tokens)
+        metrics = data.evaluate(model, cfg.eval_batch_size, cfg.max_new_tokens, cfg.media_gain)
     acc.wait_for_everyone()
     return metrics
 
@@ -249,6 +250,8 @@ def _eval_and_keep_best(
     if not acc.is_main_process or not metrics:
         return metrics
     logger.log_eval(state.step, metrics)
+    for line in media_gain.warnings(metrics) if state.step else []:  # an untrained model may well ignore them
+        tqdm.write(line)
     key, higher = data.primary_metric()
     value = metrics[key] if higher else -metrics[key]
     if not math.isnan(value) and (state.best is None or value > state.best) and not _nonfinite_params(model):
