@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
     ev.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    ev.add_argument("--no-media-gain", action="store_true",
+                    help="skip the second pass with each input blanked (the media gain; it doubles the cost)")
     make = sub.add_parser("make-data", help="write the synthetic data sets (shapes, tones, sentiment)")
     make.add_argument("out_dir", nargs="?", default="data/synthetic")
     make.add_argument("--n-train", type=int, default=400)
@@ -163,6 +165,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
+    from mmtransfer import media_gain
     from mmtransfer.data import TaskDataset, read_manifest
     from mmtransfer.extras import require
     from mmtransfer.tasks import get_task
@@ -176,8 +179,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}
     dataset = TaskDataset(samples, task, sample_rate=rate, video_frames=model.config.video_frames)
-    metrics = task.evaluate(model, dataset, args.batch_size, **kwargs)
+    metrics = media_gain.evaluate(model, task, dataset, args.batch_size, not args.no_media_gain, **kwargs)
     print(json.dumps(metrics, indent=2))
+    for line in media_gain.warnings(metrics):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -22,7 +22,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mmtransfer.chat import parts
+from mmtransfer.data.collate import MODEL_INPUTS, Collator
 from mmtransfer.modalities import modality
+from mmtransfer.processing import to_device
 
 MIN_GAIN = 0.01  # nats per target token: below this a modality is reported as ignored
 GAIN = "gain"
@@ -79,9 +81,6 @@ class Blanked(Dataset):
 @torch.no_grad()
 def eval_loss(model: Any, task: Any, dataset: Any, batch_size: int) -> float:
     """Mean loss per target token (per row with a classification head) over ``dataset``'s usable items."""
-    from mmtransfer.data.collate import MODEL_INPUTS, Collator
-    from mmtransfer.processing import to_device
-
     collate = Collator(model, task)
     items = [dataset[i] for i in range(len(dataset))]
     total, count = 0.0, 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from mmtransfer import media_gain
 from mmtransfer.trainable import count_parameters
 
 if TYPE_CHECKING:
@@ -138,7 +139,18 @@ def _training(training: TrainingRecord | None) -> str:
     if training.metrics:
         lines += ["", "Last evaluation:", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in sorted(training.metrics.items())]
+        lines += _media_gain(training.metrics)
     return "\n".join(lines)
+
+
+def _media_gain(metrics: dict[str, float]) -> list[str]:
+    """A paragraph on the ``gain/`` metrics: what they mean, and a warning per input the model ignores."""
+    if not any(f"/{media_gain.GAIN}/" in k or k.startswith(f"{media_gain.GAIN}/") for k in metrics):
+        return []
+    lines = ["", "Media gain (`gain/<input>/...`): the score as is minus the score with that input blanked (a black "
+             "image, silence); the loss gain is in nats per target token. Near zero means the model ignores the "
+             "input."]
+    return lines + [f"\n**{line}**" for line in media_gain.warnings(metrics)]
 
 
 def _code(text: str | None) -> str:
