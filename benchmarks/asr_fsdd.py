@@ -108,16 +108,16 @@ def read_rows(manifest: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
 
 
-def whisper_zero_shot(manifest: Path, batch_size: int = 16, max_new_tokens: int = 24
-                      ) -> tuple[list[str], list[str], float]:
-    """Whisper tiny.en's own greedy transcripts (30 s window, as released); (predictions, refs, wall s)."""
+def whisper_zero_shot(manifest: Path, batch_size: int = 16, max_new_tokens: int = 24,
+                      name: str = "openai/whisper-tiny.en") -> tuple[list[str], list[str], float]:
+    """Whisper's own greedy transcripts (30 s window, as released; English); (predictions, refs, wall s)."""
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from mmtransfer import weights
     from mmtransfer.io import load_audio
 
-    path = weights.resolve("openai/whisper-tiny.en")
+    path = weights.resolve(name)
     proc = WhisperProcessor.from_pretrained(path)
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     rows = read_rows(manifest)
@@ -127,7 +127,8 @@ def whisper_zero_shot(manifest: Path, batch_size: int = 16, max_new_tokens: int 
             chunk = rows[i : i + batch_size]
             waves = [load_audio(str(manifest.parent / r["audio"]), 16000) for r in chunk]
             feats = proc.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
-            out = model.generate(feats, max_new_tokens=max_new_tokens)
+            english = {"language": "en", "task": "transcribe"} if model.generation_config.is_multilingual else {}
+            out = model.generate(feats, max_new_tokens=max_new_tokens, **english)
             preds += proc.batch_decode(out, skip_special_tokens=True)
     return preds, [r["text"] for r in rows], t["s"]
 

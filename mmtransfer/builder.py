@@ -40,10 +40,18 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
         encoders[modality] = _build_encoder(modality, enc_cfg)
         proj_cfg = dict(getattr(config, f"{modality}_projector") or {"name": "mlp"})
         name = proj_cfg.pop("name")
+        if proj_cfg.get("norm"):
+            proj_cfg["embed_rms"] = embedding_rms(decoder)
         projectors[modality] = build_projector(
             name, encoders[modality].out_dim, hidden_size(decoder), **proj_cfg
         )
     return MultimodalGPT(config, decoder, tokenizer, encoders, projectors)  # stores each part in its dtype
+
+
+def embedding_rms(decoder: torch.nn.Module) -> float:
+    """The RMS of the decoder's token embeddings (over every entry of the table)."""
+    weight = decoder.get_input_embeddings().weight.detach().float()
+    return float(weight.pow(2).mean().sqrt())
 
 
 def _build_encoder(modality: str, cfg: dict[str, Any]):

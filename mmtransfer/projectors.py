@@ -116,6 +116,32 @@ for _name, _cls in [
     PROJECTORS.register(_name)(_cls)
 
 
-def build_projector(name: str, in_dim: int, out_dim: int, **kwargs: object) -> nn.Module:
-    """Build a registered projector, e.g. ``build_projector("mlp", 768, 576)``."""
-    return PROJECTORS.build(name, in_dim=in_dim, out_dim=out_dim, **kwargs)
+class OutputNorm(nn.Module):
+    """A projector whose output tokens are RMS-normalised, then scaled by a learned per-channel gain that
+    starts at ``rms`` (the decoder's token-embedding RMS), as Ultravox's projector ends in an RMSNorm.
+
+    A fresh projector's outputs can be far quieter than the text embeddings around them (one Whisper +
+    SmolLM2 project measured 30x), which starves the media positions of gradient: "the LM ignores the audio".
+    """
+
+    def __init__(self, projector: nn.Module, out_dim: int, rms: float) -> None:
+        super().__init__()
+        self.projector = projector
+        self.gain = nn.Parameter(torch.full((out_dim,), float(rms)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, mask = self.projector(x, mask)  # [B, M, D_lm]
+        y = y * torch.rsqrt(y.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(y.dtype)
+        return y * self.gain, mask
+
+
+def build_projector(name: str, in_dim: int, out_dim: int, norm: bool = False, embed_rms: float | None = None,
+                    **kwargs: object) -> nn.Module:
+    """Build a registered projector, e.g. ``build_projector("mlp", 768, 576)``. ``norm``: wrap it in
+    ``OutputNorm`` at ``embed_rms`` (the builder passes the decoder's)."""
+    projector = PROJECTORS.build(name, in_dim=in_dim, out_dim=out_dim, **kwargs)
+    if not norm:
+        return projector
+    if embed_rms is None:
+        raise ValueError("projector norm: needs embed_rms (the decoder's token-embedding RMS)")
+    return OutputNorm(projector, out_dim, embed_rms)
