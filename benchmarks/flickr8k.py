@@ -1,4 +1,4 @@
-"""Flickr8k captioning: real photos, open vocabulary, 6,091 training photos x 5 captions, scored on the 1,000 dev photos.
+"""Flickr8k captioning: real photos, open vocabulary; 6,091 training photos x 5 captions, scored on 1,000 dev photos.
 
 Parts (``--parts``, in this order; each writes its rows to the JSON as it finishes):
 
@@ -35,7 +35,7 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def pooled(work: Path, rows: dict[str, list[dict]]) -> dict[str, "torch.Tensor"]:
+def pooled(work: Path, rows: dict[str, list[dict]]) -> dict:
     """Mean-pooled EfficientNet-Lite0 features [N, 1280] per split, computed once into ``work/pooled.pt``."""
     import torch
 
@@ -66,12 +66,13 @@ def retrieval(feats: dict, train: list[dict], dev: list[dict]) -> list[str]:
     return [train[j]["captions"][0] for j in (b @ a.T).argmax(1).tolist()]
 
 
-def clipcap(feats: dict, train: list[dict], dev: list[dict], steps: int, batch: int, seed: int) -> tuple[list[str], float]:
+def clipcap(feats: dict, train: list[dict], dev: list[dict], steps: int, batch: int, seed: int
+            ) -> tuple[list[str], float]:
     """ClipCap (MLP mapper, 10 prefix tokens) on SmolLM2 + LoRA r=16, ``steps`` steps of ``batch`` captions."""
     import torch
+    from _peers import ClipCap
     from peft import LoraConfig, get_peft_model
 
-    from _peers import ClipCap
     from mmtransfer.config import DecoderConfig
     from mmtransfer.decoder import load_decoder, load_tokenizer
 

@@ -33,7 +33,6 @@ from asr_fsdd import score, whisper_zero_shot
 from common import CONFIGS, Results, base_parser, link_data, require, run_recipe, setup, write_jsonl
 
 
-
 def before(steps: int) -> list[str]:
     """Overrides that give the ``asr-sentences`` design: k=16, no output norm, LoRA from the first step."""
     return ["model.audio_projector={name: frame_stack, k: 16}", f"stages=[{{name: train, steps: {steps}}}]",
@@ -81,7 +80,8 @@ def finetune_whisper(train: list[dict], dev_manifest: Path, root: Path, seconds:
         opt.step()
         opt.zero_grad()
         if step % 10 == 0:
-            print(f"whisper fine-tune step {step} ({time.perf_counter() - t0:.0f} s): loss {loss.item():.3f}", flush=True)
+            print(f"whisper fine-tune step {step} ({time.perf_counter() - t0:.0f} s): loss {loss.item():.3f}",
+                  flush=True)
         step += 1
     model.eval()
     tmp = dev_manifest.parent / "runs" / "whisper_finetuned"

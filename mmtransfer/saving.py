@@ -34,14 +34,16 @@ FORMAT_VERSION = 1
 
 
 def save_pretrained(model: MultimodalGPT, directory: str | Path, trainable_only: bool = False,
-                    training: TrainingRecord | None = None, repo_id: str | None = None) -> Path:
+                    training: TrainingRecord | None = None, repo_id: str | None = None,
+                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` to ``directory`` (replacing it atomically: a reader sees the old or the new save), with a
     README.md model card. ``training``: what a run trained on and its last metrics (default: the record the model
-    was loaded with, if any), kept in training.json; ``repo_id``: the hub repository the card names."""
+    was loaded with, if any), kept in training.json; ``repo_id``: the hub repository the card names; ``tensors``:
+    the model's full state dict when its own parameters are shards (FSDP: ``mmtransfer.train.sharding``)."""
     record = training or getattr(model, "training_record", None)
     trainable_only = trainable_only or is_quantized(model.decoder)  # a bitsandbytes base reloads from its source
     with atomic_dir(directory) as tmp:
-        _write(model, tmp, trainable_only)
+        _write(model, tmp, trainable_only, tensors)
         if record is not None:
             (tmp / TRAINING_NAME).write_text(json.dumps(dataclasses.asdict(record), indent=2))
         model_card(model, record, trainable_only=trainable_only, repo_id=repo_id).save(tmp / CARD_NAME)
@@ -61,21 +63,37 @@ def push_to_hub(model: MultimodalGPT, repo_id: str, *, private: bool | None = No
         return api.upload_folder(repo_id=repo.repo_id, folder_path=folder, commit_message=commit_message)
 
 
-def _write(model: MultimodalGPT, directory: Path, trainable_only: bool) -> None:
+def _write(model: MultimodalGPT, directory: Path, trainable_only: bool,
+           tensors: dict[str, torch.Tensor] | None = None) -> None:
     config = dataclasses.replace(model.config)
     if trainable_only:
-        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        source = tensors if tensors is not None else dict(model.named_parameters())
+        save_file({n: t.detach().contiguous() for n, t in source.items() if n in trained}, directory / WEIGHTS_NAME,
+                  metadata={"format": "pt"})
     else:
         base = _unwrapped(model.decoder)
         config.decoder = dataclasses.replace(config.decoder, pretrained=False, config=decoder_config_dict(base))
         for modality, encoder in model.encoders.items():
             dtype = {k: v for k, v in (getattr(config, f"{modality}_encoder") or {}).items() if k == "dtype"}
             setattr(config, f"{modality}_encoder", encoder.to_config() | dtype)  # the storage dtype stays
-        save_model(model, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})  # handles tied weights
+        if tensors is None:
+            save_model(model, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})  # handles tied weights
+        else:
+            save_file(_distinct(model, tensors), directory / WEIGHTS_NAME, metadata={"format": "pt"})
     payload = {"mmtransfer_version": FORMAT_VERSION, "weights": "trainable" if trainable_only else "full"}
     (directory / CONFIG_NAME).write_text(json.dumps(payload | to_dict(config), indent=2))
     model.tokenizer.save_pretrained(directory)
+
+
+def _distinct(model: MultimodalGPT, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with one name per tied group of the model's (the first in sorted order, as ``save_model``
+    keeps); loading restores the tie from the config."""
+    names: dict[int, list[str]] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        names.setdefault(id(value), []).append(name)
+    dropped = {n for group in names.values() for n in sorted(group)[1:]}
+    return {n: t.detach().contiguous() for n, t in tensors.items() if n not in dropped}
 
 
 def _unwrapped(decoder: torch.nn.Module) -> torch.nn.Module:

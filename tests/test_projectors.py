@@ -88,3 +88,30 @@ def test_unknown_names_list_the_valid_ones() -> None:
         build_projector("mpl", 2, 2)
     with pytest.raises(KeyError, match="valid encoders: .*timm"):
         mmtransfer.build_encoder("timmm")
+
+
+def test_output_norm_puts_every_token_at_the_decoder_embedding_rms_and_survives_save_and_load(tmp_path) -> None:
+    from mmtransfer.builder import embedding_rms
+    from mmtransfer.projectors import OutputNorm
+    from tests.tiny_models import tiny_model_config
+
+    cfg = tiny_model_config(audio_projector={"name": "frame_stack", "k": 2, "norm": True})
+    model = mmtransfer.build_model(cfg).eval()
+    projector = model.projectors["audio"]
+    assert isinstance(projector, OutputNorm)
+    rms = embedding_rms(model.decoder)
+    x = torch.randn(3, 10, model.encoders["audio"].out_dim) * 0.001  # a quiet input stays at the target scale
+    y, mask = projector(x, torch.ones(3, 10, dtype=torch.bool))
+    assert y.shape[1] == mask.shape[1] == 5
+    assert torch.allclose(y.pow(2).mean(-1).sqrt(), torch.full((3, 5), rms), rtol=1e-3)
+    with torch.no_grad():
+        projector.gain.mul_(torch.linspace(0.5, 2.0, projector.gain.numel()))  # as if trained
+    model.save_pretrained(str(tmp_path / "m"))
+    loaded = mmtransfer.load(str(tmp_path / "m")).eval()
+    assert torch.equal(loaded.projectors["audio"](x, torch.ones(3, 10, dtype=torch.bool))[0], projector(
+        x, torch.ones(3, 10, dtype=torch.bool))[0])
+
+
+def test_output_norm_without_the_embedding_rms_fails_clearly() -> None:
+    with pytest.raises(ValueError, match="embed_rms"):
+        build_projector("mlp", 8, 16, norm=True)

@@ -174,19 +174,6 @@ def test_ddp_steps_where_one_rank_is_text_only_and_the_other_has_images_and_audi
     assert ranks[0]["params"] == ranks[1]["params"]
 
 
-def test_fsdp_on_cpu_fails_clearly_instead_of_running_ddp(synthetic: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Accelerate turns FSDP on for GPU process groups only: on the CPU (gloo) it ignores ACCELERATE_USE_FSDP and
-    an FSDP plugin alike and wraps the model in DDP, so the loop refuses before building anything. FSDP itself
-    (sharded training, its checkpoints) needs GPUs; see README, "Training"."""
-    path = RECIPES / "captioning-tiny.yaml"
-    cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "fsdp", 1))
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setattr(loop, "build_model", lambda *a: pytest.fail("built a model before the check"))
-    with pytest.raises(ConfigError, match="ACCELERATE_USE_FSDP: Accelerate shards with FSDP on GPUs only"):
-        train(cfg)
-
-
 def _first_in_each_block(model: mmtransfer.MultimodalGPT) -> list[torch.nn.Module]:
     """The module each decoder layer and image encoder block runs first: its pre-hook fires in the forward pass
     and again when the backward pass recomputes the block (the recomputation may stop before a block's end)."""

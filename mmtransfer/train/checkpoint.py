@@ -17,6 +17,7 @@ import torch
 from mmtransfer.atomic import atomic_dir, recover
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.saving import load, save_pretrained
+from mmtransfer.train import sharding
 
 
 def save_checkpoint(
@@ -25,11 +26,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write a resumable checkpoint to ``directory`` atomically."""
+    """Write a resumable checkpoint to ``directory`` atomically. A sharded (FSDP) run passes its gathered
+    ``tensors`` and ``optimizer_state`` (``mmtransfer.train.sharding.full_state``): the checkpoint is then the same
+    full model, with the optimiser state keyed by parameter name."""
     with atomic_dir(directory) as tmp:
-        save_pretrained(model, tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_pretrained(model, tmp / "model", tensors=tensors)
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(state | {"rng": rng_state()}, tmp / "state.pt")
 
@@ -45,10 +50,14 @@ def load_model(directory: Path) -> MultimodalGPT:
 
 
 def load_training_state(
-    directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any
+    directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any, model: torch.nn.Module | None = None
 ) -> dict[str, Any]:
-    """Restore optimiser, scheduler and RNG states; return the saved trainer state."""
-    optimizer.load_state_dict(_load(directory / "optimizer.pt"))
+    """Restore optimiser, scheduler and RNG states; return the saved trainer state. ``model``: a sharded model,
+    whose optimiser state was saved gathered (see ``save_checkpoint``)."""
+    if model is not None and sharding.is_sharded(model):
+        sharding.load_optimizer_state(model, optimizer, _load(directory / "optimizer.pt"))
+    else:
+        optimizer.load_state_dict(_load(directory / "optimizer.pt"))
     scheduler.load_state_dict(_load(directory / "scheduler.pt"))
     state = _load(directory / "state.pt")
     set_rng_state(state.pop("rng"))

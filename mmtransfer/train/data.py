@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mmtransfer import media_gain as gain
 from mmtransfer.data import (
     MODEL_INPUTS,
     Collator,
@@ -17,7 +18,6 @@ from mmtransfer.data import (
     make_loader,
     read_manifest,
 )
-from mmtransfer import media_gain as gain
 from mmtransfer.data.conversations import read_conversations
 from mmtransfer.errors import ConfigError, DataError
 from mmtransfer.model import MultimodalGPT

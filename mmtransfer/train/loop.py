@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mmtransfer import media_gain
@@ -24,6 +24,7 @@ from mmtransfer.model import MultimodalGPT
 from mmtransfer.model_card import training_record
 from mmtransfer.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
+from mmtransfer.train import sharding
 from mmtransfer.train.config import StageConfig, TrainConfig
 from mmtransfer.train.data import TrainData, build_data
 from mmtransfer.train.logger import RunLogger
@@ -74,17 +75,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     for index, stage in enumerate(cfg.stages[state.stage :], start=state.stage):
         model_p, opt, sched = _start_stage(model, stage, cfg, acc)
         if resuming and index == state.stage:
-            ckpt.load_training_state(resume_dir, opt, sched)
+            ckpt.load_training_state(resume_dir, opt, sched, model)
         else:
             state.stage, state.stage_step = index, 0
         _run_stage(model, model_p, opt, sched, stage, cfg, acc, data, state, logger, bar)
     bar.close()
     metrics = _eval_and_keep_best(model, data, cfg, acc, state, logger)
+    tensors, _ = sharding.full_state(model)  # a sharded model is gathered on rank 0 (every rank takes part)
+    examples = []
+    if acc.is_main_process or tensors is not None:  # a sharded model generates on every rank in lockstep
+        with sharding.evaluating(model):
+            examples = data.examples(model, 4, cfg.max_new_tokens)
     if acc.is_main_process:
-        _check_finite(model, state)
-        save_pretrained(model, out / "final", training=training_record(cfg, metrics, state.step))
+        _check_finite(model, state, tensors)
+        save_pretrained(model, out / "final", training=training_record(cfg, metrics, state.step), tensors=tensors)
         logger.finish()
-        for task, reference, prediction in data.examples(model, 4, cfg.max_new_tokens):
+        for task, reference, prediction in examples:
             print(f"[{task}] reference: {reference!r}  prediction: {prediction!r}")
         if data.skipped:
             print(f"{data.skipped} training samples were skipped (see the messages above)")
@@ -104,10 +110,6 @@ def _initial_model(cfg: TrainConfig, resume_dir: Path | None) -> MultimodalGPT:
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_type == "cpu" and parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        raise ConfigError("ACCELERATE_USE_FSDP: Accelerate shards with FSDP on GPUs only; on the CPU it would "
-                          "silently replicate the whole model on every process; supported on CPU: DDP (unset it, "
-                          "or `accelerate config` without FSDP)")
     mixed = resolve_precision(cfg.precision, device_type)
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=len(cfg.data) > 1)]
     if AcceleratorState._shared_state.get("_mixed_precision") not in (None, mixed) and not dist.is_initialized():
@@ -136,8 +138,17 @@ def _start_stage(
     model: MultimodalGPT, stage: StageConfig, cfg: TrainConfig, acc: Accelerator
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
     if stage.trainable is not None:
+        if sharding.is_sharded(model):
+            raise ConfigError(f"{cfg.source}: stages: stage '{stage.name}' changes what trains, which FSDP on the "
+                              "CPU cannot do to a model it has sharded; give the first stage its trainable parts")
         model.set_trainable(stage.trainable)
         model.to(acc.device)  # LoRA adapters added by a stage start on the CPU
+    if sharding.requested(acc.device):  # FSDP on the CPU: sharded here, not by Accelerate (see sharding.py)
+        if not sharding.is_sharded(model):
+            sharding.shard(model)
+        opt, sched = make_optimizer(model, cfg.optim, stage.lr or cfg.optim.lr, stage.steps)
+        opt, sched = acc.prepare(opt, sched)
+        return model, opt, sched
     opt, sched = make_optimizer(model, cfg.optim, stage.lr or cfg.optim.lr, stage.steps)
     model_p, opt, sched = acc.prepare(model, opt, sched)
     return model_p, opt, sched
@@ -215,7 +226,7 @@ def _report_overflow(batch: dict[str, Any], rows: list[int], state: RunState) ->
 
 def _all_finite(acc: Accelerator, value: torch.Tensor) -> bool:
     """True when ``value`` is finite on every process (all must skip together, or DDP would hang)."""
-    flag = torch.isfinite(value.detach().float()).all().to(acc.device).float().reshape(1)
+    flag = torch.isfinite(sharding.plain(value).detach().float()).all().to(acc.device).float().reshape(1)
     return bool(acc.reduce(flag, reduction="sum").item() == acc.num_processes) if acc.num_processes > 1 \
         else bool(flag.item())
 
@@ -234,19 +245,22 @@ def _count_nonfinite(state: RunState, cfg: TrainConfig, what: str) -> None:
 
 
 def _evaluate(model: MultimodalGPT, data: TrainData, cfg: TrainConfig, acc: Accelerator) -> dict[str, float]:
-    """Every dataset's eval split on the main process; other processes wait."""
+    """Every dataset's eval split on the main process, other processes waiting; a sharded model evaluates on every
+    rank in lockstep (each forward gathers its shards from all of them). The main process returns the metrics."""
     metrics: dict[str, float] = {}
-    if acc.is_main_process:
+    if acc.is_main_process or sharding.is_sharded(model):
         model.eval()
-        metrics = data.evaluate(model, cfg.eval_batch_size, cfg.max_new_tokens, cfg.media_gain)
+        with sharding.evaluating(model):
+            metrics = data.evaluate(model, cfg.eval_batch_size, cfg.max_new_tokens, cfg.media_gain)
     acc.wait_for_everyone()
-    return metrics
+    return metrics if acc.is_main_process else {}
 
 
 def _eval_and_keep_best(
     model: MultimodalGPT, data: TrainData, cfg: TrainConfig, acc: Accelerator, state: RunState, logger: RunLogger
 ) -> dict[str, float]:
     metrics = _evaluate(model, data, cfg, acc)
+    tensors, _ = sharding.full_state(model)
     if not acc.is_main_process or not metrics:
         return metrics
     logger.log_eval(state.step, metrics)
@@ -254,9 +268,10 @@ def _eval_and_keep_best(
         tqdm.write(line)
     key, higher = data.primary_metric()
     value = metrics[key] if higher else -metrics[key]
-    if not math.isnan(value) and (state.best is None or value > state.best) and not _nonfinite_params(model):
+    if not math.isnan(value) and (state.best is None or value > state.best) and not _nonfinite_params(model, tensors):
         state.best = value
-        save_pretrained(model, Path(cfg.output_dir) / "best", training=training_record(cfg, metrics, state.step))
+        save_pretrained(model, Path(cfg.output_dir) / "best", training=training_record(cfg, metrics, state.step),
+                        tensors=tensors)
     return metrics
 
 
@@ -269,24 +284,29 @@ def _save_checkpoint(
     if state.nonfinite_in_row:
         tqdm.write(f"step {state.step}: checkpoint put off, the last step was not finite")
         return False
-    _check_finite(model, state)
     acc.wait_for_everyone()
+    tensors, optim = sharding.full_state(model, opt)  # sharded: gathered on rank 0 (a collective)
+    if tensors is None:
+        _check_finite(model, state)
     data_state = data.state_dict()  # on every rank: it gathers every rank's position
     if acc.is_main_process:
+        _check_finite(model, state, tensors)
         scaler = acc.scaler.state_dict() if acc.scaler is not None else None
         ckpt.save_checkpoint(Path(cfg.output_dir) / "checkpoint", model, opt, sched,
-                             {"run": asdict(state), "data": data_state, "scaler": scaler})
+                             {"run": asdict(state), "data": data_state, "scaler": scaler}, tensors, optim)
     acc.wait_for_everyone()
     return True
 
 
-def _nonfinite_params(model: MultimodalGPT) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+def _nonfinite_params(model: MultimodalGPT, tensors: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """The trained parameters holding NaN or inf: read from ``tensors`` (a sharded model's gathered state) if given."""
+    values = tensors if tensors is not None else dict(model.named_parameters())
+    return [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(values[n]).all())]
 
 
-def _check_finite(model: MultimodalGPT, state: RunState) -> None:
+def _check_finite(model: MultimodalGPT, state: RunState, tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Refuse to save trained weights that hold NaN or inf (an update can overflow with finite gradients)."""
-    bad = _nonfinite_params(model)
+    bad = _nonfinite_params(model, tensors)
     if bad:
         raise NonFiniteLossError(
             f"{len(bad)} trained tensors hold NaN or inf at step {state.step} (e.g. {bad[0]}): lower the learning "
