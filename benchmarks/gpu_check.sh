@@ -2,7 +2,7 @@
 # The checks that need a CUDA GPU, in one go, every result under one folder (default outputs/gpu-check):
 # the gpu-marked tests, a bf16 and an fp16 training run of the quickstart recipe (real weights; it falls back
 # loudly to captioning-tiny without the weights packages), and the speed benchmark
-# in bf16. --dry-run prints the commands instead of running them. Run from the repository root.
+# in bf16, and on a machine with two GPUs a 2-process FSDP2 run. --dry-run prints the commands instead of running them. Run from the repository root.
 set -uo pipefail
 
 DRY=0
@@ -35,4 +35,10 @@ for precision in bf16 fp16; do
         "output_dir=$OUT/train-$precision"
 done
 run speed-bf16 "$PY" benchmarks/speed.py --device cuda --precision bf16 --out "$OUT/speed-bf16.json"
+# FSDP2 on 2 GPUs (NCCL) through Accelerate's own plugin, when the machine has two; the CPU path is
+# tests/test_fsdp.py
+if [ "$DRY" = 1 ] || [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    run fsdp-2gpu "$PY" -m accelerate.commands.launch --use_fsdp --fsdp_version 2 --num_processes 2 \
+        -m mmtransfer.cli train captioning-tiny stages.0.steps=20 "output_dir=$OUT/fsdp-2gpu"
+fi
 exit $status

@@ -18,7 +18,7 @@ import mmtransfer
 from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.config import ConfigError
 from mmtransfer.synthetic import write_all
-from mmtransfer.train import NonFiniteLossError, load_train_config, loop, train
+from mmtransfer.train import NonFiniteLossError, load_train_config, train
 from tests.runs import interrupt_then_resume
 
 ROOT = Path(__file__).resolve().parents[1]

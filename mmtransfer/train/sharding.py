@@ -5,8 +5,9 @@ for MULTI_GPU / NPU / XPU / ...; a gloo group on the CPU is MULTI_CPU, where it 
 the FSDP plugin and wraps the model in DDP). FSDP2 itself (``torch.distributed.fsdp.fully_shard``) runs over gloo,
 so under ``ACCELERATE_USE_FSDP=true`` on the CPU the loop applies it here, with the policy Accelerate's FSDP2 path
 uses on GPUs: each transformer block (the decoder's ``_no_split_modules`` classes) its own unit, then the root.
-Each block of a *trainable* encoder (timm / HF classes named ``*Block`` or ``*Layer``) is a unit too; frozen encoders, projectors, embeddings and heads stay in the
-root unit (FSDP2 shards per parameter, so frozen and trainable parameters may share a unit). On GPUs Accelerate's
+Each block of a *trainable* encoder (timm / HF classes named ``*Block`` or ``*Layer``) is a unit too; frozen
+encoders, projectors, embeddings and heads stay in the root unit (FSDP2 shards per parameter, so frozen and
+trainable parameters may share a unit). On GPUs Accelerate's
 own plugin does all this and this module is not used.
 
 Evaluation runs on every rank in lockstep (the same samples in the same order: each forward all-gathers the same
