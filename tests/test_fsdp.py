@@ -1,5 +1,5 @@
-"""FSDP2 on the CPU (two gloo processes, tiny models): the same losses as DDP at every step, a gathered final model
-equal to DDP's that loads on one process, exact resume after a kill, ranks with different modalities, LoRA on the
+"""FSDP2 on the CPU (two gloo processes, tiny models): the same losses as DDP and as one process at every step, a
+gathered final model equal to theirs that loads on one process, exact resume after a kill, ranks with different modalities, LoRA on the
 sharded decoder, and each rank holding about half of the parameter bytes."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import mmtransfer
 from mmtransfer.bundled import ASSETS, RECIPES
+from mmtransfer.train import load_train_config, train
 from tests.test_train import _losses, _overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +43,14 @@ def _run(config: Path, out: Path, overrides: list[str], fsdp: bool, *extra: str)
     return proc
 
 
+# no dropout and a constant learning rate, so that one process accumulating two batches per step takes the same
+# steps as two ranks with one batch each
+EXACT = ["model.decoder.config.resid_pdrop=0.0", "model.decoder.config.embd_pdrop=0.0",
+         "model.decoder.config.attn_pdrop=0.0", "optim.schedule=constant", "optim.warmup_steps=0"]
+
+
 def _args(synthetic: Path, out: Path, steps: int = 4) -> list[str]:
-    return _overrides(RECIPE, synthetic, out, steps) + ["batch_size=12", "media_gain=false"]
+    return _overrides(RECIPE, synthetic, out, steps) + ["batch_size=12", "media_gain=false", *EXACT]
 
 
 def test_fsdp_trains_like_ddp_saves_the_full_model_and_shards_the_parameters(synthetic: Path, tmp_path: Path) -> None:
@@ -57,6 +64,20 @@ def test_fsdp_trains_like_ddp_saves_the_full_model_and_shards_the_parameters(syn
     assert sorted(a) == sorted(b)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    # one process, two batches accumulated per step, sees rank 0's batch at every other micro-step (the sampler
+    # deals batch i to rank i % 2) and takes the same updates
+    single = _args(synthetic, tmp_path / "single", 8) + ["optim.grad_accum=2"]
+    train(load_train_config(RECIPE, single))
+    micro = dict(_losses(tmp_path / "single"))
+    for step in fsdp:
+        assert fsdp[step] == pytest.approx(micro[2 * step - 1], rel=1e-5, abs=1e-6), step
+    c = load_file(tmp_path / "single" / "final" / "model.safetensors")
+    for name in (n for n in a if not n.startswith("encoders.")):
+        torch.testing.assert_close(b[name], c[name], rtol=1e-4, atol=1e-5, msg=name)
+    for name in (n for n in a if n.startswith("encoders.") and "running_" not in n and "num_batches" not in n):
+        # the trained ResNet (BatchNorm) differs between one process and two by up to 5e-4 after 4 Adam steps,
+        # for DDP as for FSDP (which agree to 2e-5 above); its cause is not pinned down
+        torch.testing.assert_close(b[name], c[name], rtol=0, atol=1e-3, msg=name)
     model = mmtransfer.load(tmp_path / "fsdp" / "final")  # one process opens the gathered save
     assert not any(hasattr(p, "to_local") for p in model.parameters())
     ranks = [json.loads((tmp_path / "fsdp-sums" / f"rank{r}.json").read_text()) for r in (0, 1)]
