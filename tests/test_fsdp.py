@@ -1,6 +1,6 @@
 """FSDP2 on the CPU (two gloo processes, tiny models): the same losses as DDP and as one process at every step, a
-gathered final model equal to theirs that loads on one process, exact resume after a kill, ranks with different modalities, LoRA on the
-sharded decoder, and each rank holding about half of the parameter bytes."""
+gathered final model equal to theirs that loads on one process, exact resume after a kill, ranks with different
+modalities, LoRA on the sharded decoder, and each rank holding about half of the parameter bytes."""
 
 from __future__ import annotations
 
