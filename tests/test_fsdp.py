@@ -103,6 +103,7 @@ def test_fsdp_resume_after_a_kill_gives_the_same_losses(synthetic: Path, tmp_pat
 
 def test_fsdp_lora_with_one_rank_text_only_and_the_other_with_images_and_audio(synthetic: Path,
                                                                                tmp_path: Path) -> None:
+    """Also: evaluation (generation, eval loss, media gain) of the sharded model, and its best/ save."""
     pair = [{"messages": [{"role": "user", "content": "just text, positive or negative?"},
                           {"role": "assistant", "content": "positive"}]},
             {"messages": [{"role": "user", "content": [{"type": "image", "image": "shapes/images/train_00000.png"},
@@ -114,12 +115,17 @@ def test_fsdp_lora_with_one_rank_text_only_and_the_other_with_images_and_audio(s
     recipe["model"]["decoder"]["tokenizer"] = str(ASSETS / "tiny-tokenizer")
     recipe["model"]["trainable"] = {"image_encoder": "frozen", "audio_encoder": "full", "projectors": "full",
                                     "decoder": "lora", "lora": {"r": 4, "alpha": 8}}
-    recipe |= {"data": [{"task": "chat", "train": str(synthetic / "chat_pair.jsonl")}], "batch_size": 1,
+    recipe |= {"data": [{"task": "chat", "train": str(synthetic / "chat_pair.jsonl"),
+                         "eval": str(synthetic / "chat_pair.jsonl")}], "batch_size": 1,
                "stages": [{"name": "train", "steps": 3}], "output_dir": str(tmp_path / "run"), "eval_every": 0,
                "log_every": 1}
     (tmp_path / "pair.yaml").write_text(yaml.safe_dump(recipe))
     _run(tmp_path / "pair.yaml", tmp_path / "sums", [], fsdp=True)
     assert [s for s, _ in _losses(tmp_path / "run")] == [1, 2, 3]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    [evaluation] = [r["eval"] for r in log if "eval" in r]  # generated in lockstep on both ranks, media gain too
+    assert {"chat/loss", "chat/gain/image/loss", "chat/gain/audio/loss"} <= set(evaluation)
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
     model = mmtransfer.load(tmp_path / "run" / "final")
     lora_b = {n: p for n, p in model.decoder.named_parameters() if "lora_B" in n}
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # trained from zero, sharded, saved gathered
