@@ -167,6 +167,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
     from mmtransfer import media_gain
     from mmtransfer.data import TaskDataset, read_manifest
+    from mmtransfer.errors import DataError
     from mmtransfer.extras import require
     from mmtransfer.tasks import get_task
 
@@ -175,6 +176,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     model = mmtransfer.load(args.checkpoint, device=args.device)
     labels = model.config.labels if task.api == "classify" else None
     samples = list(read_manifest(args.data, task, labels=labels))[: args.limit]
+    if not samples:
+        raise DataError(f"{args.data}: no usable samples to evaluate (every line was skipped: see the messages above)")
     audio = dict(model.encoders.items()).get("audio")
     rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
     kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from mmtransfer.chat import parts
 from mmtransfer.data.collate import MODEL_INPUTS, Collator
+from mmtransfer.errors import DataError
 from mmtransfer.modalities import modality
 from mmtransfer.processing import to_device
 
@@ -93,7 +94,7 @@ def eval_loss(model: Any, task: Any, dataset: Any, batch_size: int) -> float:
         total += float(out.loss) * n
         count += n
     if not count:
-        raise ValueError(f"{task.name}: no samples to score the loss on")
+        raise DataError(f"{task.name}: no samples to score the loss on (every one was skipped)")
     return total / count
 
 

@@ -67,6 +67,15 @@ def test_data_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert line == f"{tmp_path / 'missing.jsonl'}: cannot open the manifest: No such file or directory"
 
 
+def test_eval_without_a_usable_sample_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mmtransfer.build_model(tiny_model_config()).save_pretrained(str(tmp_path / "model"))
+    (tmp_path / "empty.jsonl").write_text("")
+    line = _error(["eval", str(tmp_path / "model"), "--task", "captioning", "--data", str(tmp_path / "empty.jsonl")],
+                  capsys)
+    assert line == f"{tmp_path / 'empty.jsonl'}: no usable samples to evaluate (every line was skipped: see the " \
+                   "messages above)"
+
+
 def test_weights_and_input_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = _recipe(tmp_path)
     line = _error(["train", str(recipe), "model.decoder.model=no-such-org/no-such-model",

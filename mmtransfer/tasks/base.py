@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
+from mmtransfer.errors import DataError
 from mmtransfer.prompts import user_turn
 from mmtransfer.registry import Registry
 
@@ -120,7 +121,7 @@ class Task:
             predictions += self.predict(model, chunk, batch_size, **kwargs)
             references += [self.references(s) for s in chunk]
         if not predictions:
-            raise ValueError(f"{self.name}: no samples to evaluate")
+            raise DataError(f"{self.name}: no samples to evaluate (every one was skipped: see the messages above)")
         return self.score(predictions, references)
 
 
