@@ -106,12 +106,131 @@ class FrameStack(nn.Module):
         return self.net(x), mask[:, :: self.k]
 
 
+class _GridProjector(nn.Module):
+    """Base of the projectors that compress an image's token grid: [B, P + H*W, D] -> [B, P + M, D_lm].
+
+    ``prefix_tokens`` leading tokens (a ViT's class / register tokens, when the encoder keeps them) are not part
+    of the grid: they go through ``self.out`` (the projector's per-token MLP) unchanged in number. The grid is
+    ``grid`` ([H, W], for non-square CNN feature maps) or the square the token count makes. A window of the
+    output is valid when any input token in it is (image tokens are all valid; masked ones count as zeros).
+    """
+
+    def __init__(self, in_dim: int, prefix_tokens: int = 0, grid: list[int] | None = None) -> None:
+        super().__init__()
+        self.in_dim, self.prefix_tokens = in_dim, prefix_tokens
+        self.grid = tuple(grid) if grid is not None else None
+
+    def _split(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prefix tokens [B, P, D], grid [B, D, H, W] with masked tokens zeroed, grid mask [B, 1, H, W] float)."""
+        b, n, d = x.shape
+        p = self.prefix_tokens
+        h, w = self.grid or (round((n - p) ** 0.5),) * 2
+        if h * w != n - p:
+            raise ValueError(f"{type(self).__name__}: {n - p} grid tokens are not a {h}x{w} grid; set grid: [H, W] "
+                             "(and prefix_tokens for class / register tokens)")
+        x = x * mask.unsqueeze(-1)
+        grid = x[:, p:].transpose(1, 2).reshape(b, d, h, w)  # [B, D, H, W]
+        return x[:, :p], grid, mask[:, p:].reshape(b, 1, h, w).to(x.dtype)
+
+    def _join(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, prefix_mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the prefix tokens and append the compressed grid's tokens [B, M, D_lm] and mask [B, M]."""
+        if not self.prefix_tokens:
+            return tokens, mask
+        return torch.cat([self.out(prefix), tokens], 1), torch.cat([prefix_mask, mask], 1)
+
+    @staticmethod
+    def _divisible(h: int, w: int, r: int, what: str) -> None:
+        if h % r or w % r:
+            raise ValueError(f"{what}: the {h}x{w} token grid is not divisible by {r}; change the image size, or "
+                             "use the pool projector with mode: bilinear")
+
+
+class PixelShuffle(_GridProjector):
+    """Space-to-depth, then an MLP (Idefics3 / SmolVLM / nanoVLM): each ``factor`` x ``factor`` window of the grid
+    becomes one token of ``factor**2`` times the width, ``factor**2`` times fewer tokens."""
+
+    def __init__(self, in_dim: int, out_dim: int, factor: int = 2, hidden_dim: int | None = None,
+                 prefix_tokens: int = 0, grid: list[int] | None = None) -> None:
+        super().__init__(in_dim, prefix_tokens, grid)
+        self.factor = factor
+        self.net = MLP(in_dim * factor**2, out_dim, hidden_dim).net
+        self.out = MLP(in_dim, out_dim, hidden_dim).net if prefix_tokens else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix, grid, valid = self._split(x, mask)
+        (b, d, h, w), r = grid.shape, self.factor
+        self._divisible(h, w, r, "pixel_shuffle")
+        # each window's tokens concatenated in row-major order, as Idefics3's connector does
+        windows = grid.permute(0, 2, 3, 1).reshape(b, h // r, r, w // r, r, d).permute(0, 1, 3, 2, 4, 5)
+        tokens = self.net(windows.reshape(b, (h // r) * (w // r), r * r * d))  # [B, HW/r^2, D_lm]
+        keep = nn.functional.max_pool2d(valid, r).flatten(1) > 0
+        return self._join(prefix, tokens, keep, mask[:, : self.prefix_tokens])
+
+
+class Pool(_GridProjector):
+    """The grid pooled to ``size`` ([H', W'] or one number for a square), then an MLP (LLaVA-OneVision's 2x2 pooling):
+    ``mode: avg`` averages non-overlapping windows (the grid must divide), ``bilinear`` interpolates to any size."""
+
+    def __init__(self, in_dim: int, out_dim: int, size: int | list[int] = 2, mode: str = "avg",
+                 hidden_dim: int | None = None, prefix_tokens: int = 0, grid: list[int] | None = None) -> None:
+        super().__init__(in_dim, prefix_tokens, grid)
+        if mode not in ("avg", "bilinear"):
+            raise ValueError(f"pool: mode must be 'avg' or 'bilinear', got '{mode}'")
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.mode = mode
+        self.net = MLP(in_dim, out_dim, hidden_dim).net
+        self.out = self.net
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix, grid, valid = self._split(x, mask)
+        h, w = grid.shape[2:]
+        if self.mode == "avg":
+            if h % self.size[0] or w % self.size[1]:
+                raise ValueError(f"pool: the {h}x{w} token grid does not divide into {self.size[0]}x{self.size[1]} "
+                                 "windows; use mode: bilinear, or another size")
+            pooled = nn.functional.adaptive_avg_pool2d(grid, self.size)  # [B, D, H', W']
+            keep = nn.functional.adaptive_max_pool2d(valid, self.size)
+        else:
+            pooled = nn.functional.interpolate(grid, self.size, mode="bilinear", align_corners=False, antialias=True)
+            keep = nn.functional.interpolate(valid, self.size, mode="nearest")
+        tokens = self.net(pooled.flatten(2).transpose(1, 2))  # [B, H'W', D_lm]
+        return self._join(prefix, tokens, keep.flatten(1) > 0, mask[:, : self.prefix_tokens])
+
+
+class LDP(_GridProjector):
+    """MobileVLM V2's lightweight downsample projector (LDPv2): an MLP per token, 2x2 average pooling (4x fewer
+    tokens), then a residual 3x3 depthwise convolution over the pooled grid (a positional encoding generator).
+    Chosen over Honeybee's C-Abstractor for the small decoders this package trains on CPUs: a few thousand
+    parameters beyond the MLP instead of several ResNet blocks, and MobileVLM built it for 1-3B LMs."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, prefix_tokens: int = 0,
+                 grid: list[int] | None = None) -> None:
+        super().__init__(in_dim, prefix_tokens, grid)
+        self.net = MLP(in_dim, out_dim, hidden_dim).net
+        self.out = self.net
+        self.peg = nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix, grid, valid = self._split(x, mask)
+        self._divisible(*grid.shape[2:], 2, "ldp")
+        y = self.net(grid.flatten(2).transpose(1, 2))  # [B, HW, D_lm]
+        y = y.transpose(1, 2).reshape(grid.shape[0], -1, *grid.shape[2:])  # [B, D_lm, H, W]
+        y = nn.functional.avg_pool2d(y, 2)  # [B, D_lm, H/2, W/2]
+        y = y + self.peg(y)
+        keep = nn.functional.max_pool2d(valid, 2).flatten(1) > 0
+        return self._join(prefix, y.flatten(2).transpose(1, 2), keep, mask[:, : self.prefix_tokens])
+
+
 for _name, _cls in [
     ("linear", Linear),
     ("mlp", MLP),
     ("transformer", TransformerMapper),
     ("resampler", Resampler),
     ("frame_stack", FrameStack),
+    ("pixel_shuffle", PixelShuffle),
+    ("pool", Pool),
+    ("ldp", LDP),
 ]:
     PROJECTORS.register(_name)(_cls)
 

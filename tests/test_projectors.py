@@ -9,13 +9,16 @@ import torch
 import mmtransfer
 from mmtransfer.projectors import build_projector
 
+GRID = ("pixel_shuffle", "pool", "ldp")  # projectors that compress an image's token grid
+# the generic tests' 10 tokens as 2 prefix (class / register) tokens and a 2x4 grid, compressed to 1x2
 KWARGS = {"transformer": {"prefix_len": 5, "heads": 2}, "resampler": {"num_queries": 6, "heads": 2},
-          "frame_stack": {"k": 3}}
+          "frame_stack": {"k": 3}, "pixel_shuffle": {"grid": [2, 4], "prefix_tokens": 2},
+          "pool": {"grid": [2, 4], "prefix_tokens": 2, "size": [1, 2]}, "ldp": {"grid": [2, 4], "prefix_tokens": 2}}
 
 
 def test_every_projector_has_test_kwargs_or_needs_none() -> None:
     assert set(KWARGS) <= set(mmtransfer.list_projectors())
-    assert {"linear", "mlp", "transformer", "resampler", "frame_stack"} <= set(mmtransfer.list_projectors())
+    assert {"linear", "mlp", "transformer", "resampler", "frame_stack", *GRID} <= set(mmtransfer.list_projectors())
 
 
 T, F = True, False
@@ -28,6 +31,11 @@ EXPECTED_MASKS = {
     "transformer": [[T] * 5] * 2,
     "resampler": [[T] * 6] * 2,
     "frame_stack": [[T, T, T, T], [T, T, T, F]],
+    # 2 prefix tokens, then two 2x2 windows of the 2x4 grid; the second row's grid tokens 5-7 are padding, but
+    # each window holds a valid token
+    "pixel_shuffle": [[T] * 4] * 2,
+    "pool": [[T] * 4] * 2,
+    "ldp": [[T] * 4] * 2,
 }
 
 
@@ -70,7 +78,7 @@ def test_frame_stack_concatenates_consecutive_frames_and_zeroes_padding() -> Non
     assert torch.equal(out, proj.net(expected))
 
 
-@pytest.mark.parametrize("name", mmtransfer.list_projectors())
+@pytest.mark.parametrize("name", [n for n in mmtransfer.list_projectors() if n not in GRID])
 def test_padding_does_not_change_valid_outputs(name: str) -> None:
     """7 valid tokens: frame stacking (k=3) has a stack that is part valid, part padding."""
     proj = build_projector(name, 24, 32, **KWARGS.get(name, {})).eval()
@@ -115,3 +123,72 @@ def test_output_norm_puts_every_token_at_the_decoder_embedding_rms_and_survives_
 def test_output_norm_without_the_embedding_rms_fails_clearly() -> None:
     with pytest.raises(ValueError, match="embed_rms"):
         build_projector("mlp", 8, 16, norm=True)
+
+
+# tokens out for: a ViT's 4x4 patches after a class token; a CNN's non-square 4x6 feature map
+GRID_CASES = {
+    "pixel_shuffle": ({"prefix_tokens": 1}, 1 + 4, {"grid": [4, 6]}, 6),
+    "pool": ({"prefix_tokens": 1, "size": 2}, 1 + 4, {"grid": [4, 6], "size": [2, 3]}, 6),
+    "ldp": ({"prefix_tokens": 1}, 1 + 4, {"grid": [4, 6]}, 6),
+}
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_grid_projectors_on_vit_tokens_and_on_non_square_cnn_maps(name: str) -> None:
+    vit, vit_out, cnn, cnn_out = GRID_CASES[name]
+    out, mask = build_projector(name, 24, 32, **vit)(torch.randn(3, 17, 24), torch.ones(3, 17, dtype=torch.bool))
+    assert out.shape == (3, vit_out, 32) and mask.all() and mask.shape == (3, vit_out)
+    out, mask = build_projector(name, 24, 32, **cnn)(torch.randn(3, 24, 24), torch.ones(3, 24, dtype=torch.bool))
+    assert out.shape == (3, cnn_out, 32) and mask.shape == (3, cnn_out)
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_grid_projectors_refuse_a_grid_they_cannot_divide(name: str) -> None:
+    kwargs = {"size": 2} if name == "pool" else {}
+    proj = build_projector(name, 24, 32, **kwargs)
+    with pytest.raises(ValueError, match="7x7 token grid"):
+        proj(torch.randn(1, 49, 24), torch.ones(1, 49, dtype=torch.bool))
+    with pytest.raises(ValueError, match="50 grid tokens are not a 7x7 grid; set grid"):
+        proj(torch.randn(1, 50, 24), torch.ones(1, 50, dtype=torch.bool))
+    if name == "pool":  # bilinear pools any grid
+        out, _ = build_projector(name, 24, 32, size=2, mode="bilinear")(torch.randn(1, 49, 24),
+                                                                        torch.ones(1, 49, dtype=torch.bool))
+        assert out.shape == (1, 4, 32)
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_grid_projectors_batched_equal_single_and_pass_gradients_to_every_weight(name: str) -> None:
+    proj = build_projector(name, 24, 32, **GRID_CASES[name][0])
+    x = torch.randn(3, 17, 24, requires_grad=True)
+    mask = torch.ones(3, 17, dtype=torch.bool)
+    batched, _ = proj(x, mask)
+    for i in range(3):
+        alone, _ = proj(x[i : i + 1], mask[i : i + 1])
+        torch.testing.assert_close(alone, batched[i : i + 1], rtol=1e-5, atol=1e-6)
+    batched.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for pname, p in proj.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_pixel_shuffle_concatenates_each_window_in_row_major_order() -> None:
+    """A 2x4 grid, factor 2: window (0, 0) is tokens 0, 1, 4, 5 and window (0, 1) tokens 2, 3, 6, 7, each window's
+    tokens concatenated in order (Idefics3's connector)."""
+    proj = build_projector("pixel_shuffle", 2, 4, grid=[2, 4])
+    x = torch.arange(16.0).reshape(1, 8, 2)  # token t = [2t, 2t + 1]
+    seen = []
+    proj.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    out, _ = proj(x, torch.ones(1, 8, dtype=torch.bool))
+    tokens = x[0]
+    expected = torch.stack([torch.cat([tokens[i] for i in (0, 1, 4, 5)]), torch.cat([tokens[i] for i in (2, 3, 6, 7)])])
+    assert torch.equal(seen[0][0], expected)
+    assert out.shape == (1, 2, 4)
+
+
+def test_pool_averages_each_window() -> None:
+    proj = build_projector("pool", 1, 1, size=[1, 2], grid=[2, 4])
+    x = torch.arange(8.0).reshape(1, 8, 1)
+    seen = []
+    proj.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    proj(x, torch.ones(1, 8, dtype=torch.bool))
+    assert seen[0].flatten().tolist() == [(0 + 1 + 4 + 5) / 4, (2 + 3 + 6 + 7) / 4]
