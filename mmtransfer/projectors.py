@@ -88,22 +88,30 @@ class Resampler(nn.Module):
 class FrameStack(nn.Module):
     """Audio frame stacking: concatenate ``k`` consecutive frames, then project (SLAM-ASR style).
 
-    Cuts the sequence length by ``k``: [B, N, D] -> [B, ceil(N/k), D_lm]. A stacked frame is valid
-    when its first frame is.
+    A stack starts every ``stride`` frames (default ``k``: disjoint stacks; a smaller stride overlaps them), so
+    [B, N, D] -> [B, ceil(N/stride), D_lm]. ``conv``: a 3-wide convolution over time (GELU) before stacking, as
+    speech LLMs put a small convolution in front of their downsampler. A stack is valid when its first frame is.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden_dim: int | None = None) -> None:
+    def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden_dim: int | None = None,
+                 stride: int | None = None, conv: bool = False) -> None:
         super().__init__()
-        self.k = k
+        self.k, self.stride = k, stride or k
+        if not 1 <= self.stride <= k:
+            raise ValueError(f"frame_stack: stride must be in [1, k={k}], got {self.stride}")
         hidden_dim = hidden_dim or out_dim
+        self.conv = nn.Sequential(nn.Conv1d(in_dim, in_dim, 3, padding=1), nn.GELU()) if conv else None
         self.net = nn.Sequential(nn.Linear(in_dim * k, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, d = x.shape
-        pad = (-n) % self.k
-        x = nn.functional.pad(x * mask.unsqueeze(-1), (0, 0, 0, pad))  # zero padded frames
-        x = x.reshape(b, (n + pad) // self.k, d * self.k)  # [B, N/k, k*D]
-        return self.net(x), mask[:, :: self.k]
+        x = x * mask.unsqueeze(-1)  # padded frames are zeros
+        if self.conv is not None:
+            x = self.conv(x.transpose(1, 2)).transpose(1, 2) * mask.unsqueeze(-1)  # [B, N, D]
+        m = -(-n // self.stride)  # stacks
+        x = nn.functional.pad(x, (0, 0, 0, (m - 1) * self.stride + self.k - n))  # zero frames past the end
+        stacks = x.unfold(1, self.k, self.stride).transpose(2, 3).reshape(b, m, self.k * d)  # [B, M, k*D]
+        return self.net(stacks), mask[:, :: self.stride]
 
 
 class _GridProjector(nn.Module):

@@ -192,3 +192,26 @@ def test_pool_averages_each_window() -> None:
     proj.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     proj(x, torch.ones(1, 8, dtype=torch.bool))
     assert seen[0].flatten().tolist() == [(0 + 1 + 4 + 5) / 4, (2 + 3 + 6 + 7) / 4]
+
+
+def test_frame_stack_with_a_stride_overlaps_its_stacks() -> None:
+    """k=2, stride 1 over 3 frames: stacks (0, 1), (1, 2), (2, pad)."""
+    proj = build_projector("frame_stack", 1, 2, k=2, stride=1)
+    stacked = []
+    proj.net.register_forward_pre_hook(lambda _, args: stacked.append(args[0]))
+    _, mask = proj(torch.tensor([[[1.0], [2.0], [3.0]]]), torch.ones(1, 3, dtype=torch.bool))
+    assert stacked[0].tolist() == [[[1.0, 2.0], [2.0, 3.0], [3.0, 0.0]]]
+    assert mask.tolist() == [[T, T, T]]
+    with pytest.raises(ValueError, match="stride must be in"):
+        build_projector("frame_stack", 1, 2, k=2, stride=3)
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 3, "stride": 2}, {"k": 3, "conv": True}])
+def test_frame_stack_options_keep_padding_out_of_valid_outputs(kwargs: dict) -> None:
+    proj = build_projector("frame_stack", 24, 32, **kwargs).eval()
+    x = torch.randn(1, 7, 24)
+    alone, m_alone = proj(x, torch.ones(1, 7, dtype=torch.bool))
+    out, m_out = proj(torch.cat([x, torch.randn(1, 3, 24) * 100], 1), torch.tensor([[T] * 7 + [F] * 3]))
+    n = int(m_alone.sum())
+    assert int(m_out.sum()) == n
+    torch.testing.assert_close(out[:, :n], alone[:, :n], rtol=1e-5, atol=1e-5)
