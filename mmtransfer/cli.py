@@ -122,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A user error (``MMTransferError``: config, data, weights, input) prints one line,
     ``mmtransfer: error: <where>: <problem>``, and returns 2; ``--debug`` or ``MMTRANSFER_DEBUG=1`` shows
     its traceback. Any other exception is a bug and keeps its traceback."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"  # read when transformers is first imported: not yet, for speed
+    if "transformers" in sys.modules:  # already imported (main called in-process): set it there
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()
+    args = build_parser().parse_args(argv)
     from mmtransfer.errors import MMTransferError
 
-    hf_logging.set_verbosity_error()
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "chat": _run_chat, "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
         "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,

@@ -7,8 +7,6 @@ import logging
 import sys
 import time
 
-from mmtransfer import weights
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``weights`` sub-command (``list``, ``prepare``) to an argparse subparsers object."""
@@ -25,6 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run_list(args: argparse.Namespace) -> int:
     """Print one row per known name; exit 0."""
+    from mmtransfer import weights  # here, not at the top: `mmtransfer --help` must not import torch
+
     known = weights.known_weights()
     rows = [("NAME", "KIND", "SOURCE", "STATUS")]
     rows += [(w.name, w.kind, w.source, w.status) for w in known]
@@ -39,6 +39,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Convert the named weights (or all installed ones); exit 1 if any conversion failed."""
+    from mmtransfer import weights
+
     if args.all == bool(args.name):
         print("weights prepare: give a NAME or --all", file=sys.stderr)
         return 2

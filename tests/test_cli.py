@@ -49,7 +49,9 @@ def test_eval_command_on_conversations(tmp_path: Path, capsys: pytest.CaptureFix
     args = ["eval", str(tmp_path / "m"), "--task", "chat", "--data", str(data / "chat_mixed_test.jsonl"),
             "--max-new-tokens", "3"]
     assert main(args) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"exact_match", "bleu4"}
+    assert set(json.loads(capsys.readouterr().out)) == {  # with the eval loss and the media gain per part type
+        "exact_match", "bleu4", "loss", "gain/image/loss", "gain/image/exact_match", "gain/audio/loss",
+        "gain/audio/exact_match"}
 
 
 def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

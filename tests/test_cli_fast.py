@@ -1,0 +1,35 @@
+"""The command line answers `--help`, each sub-command's `--help` and `recipes` without importing torch or
+transformers (they take seconds to import)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mmtransfer.cli import build_parser
+
+PROBE = """
+import sys
+from mmtransfer.cli import main
+try:
+    code = main({argv!r})
+except SystemExit as done:  # --help exits
+    code = done.code
+heavy = sorted(m for m in ("torch", "transformers", "timm", "peft", "accelerate") if m in sys.modules)
+print("HEAVY", heavy)
+sys.exit(code)
+"""
+
+
+def _subcommands() -> list[str]:
+    return sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["recipes"]] + [[name, "--help"] for name in _subcommands()],
+                         ids=lambda argv: " ".join(argv))
+def test_the_cli_answers_without_importing_torch(argv: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]
