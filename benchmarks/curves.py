@@ -21,6 +21,10 @@ def read_curve(run: Path, batch_size: int) -> tuple[list[int], list[float], list
     steps, losses, minutes = [], [], []
     done, stage_start, stage = 0.0, 0, None
     for r in (r for r in rows if "loss" in r):
+        if steps and r["step"] <= steps[-1]:  # a run started again in the same folder: its records win
+            keep = sum(1 for s in steps if s < r["step"])
+            del steps[keep:], losses[keep:], minutes[keep:]
+            stage = None
         if r["stage"] != stage:  # a new stage: its rate restarts
             done = minutes[-1] if minutes else 0.0
             stage, stage_start = r["stage"], steps[-1] if steps else 0
