@@ -49,7 +49,7 @@ def main() -> None:
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
     for item in args.runs:
-        label, _, path = item.partition("=")
+        label, _, path = item.rpartition("=")  # a label may hold "=" (k=8), a path does not
         run = Path(path)
         steps, losses, minutes, last = read_curve(run, args.batch_size)
         gains = ", ".join(f"{k.split('/gain/', 1)[1]} {v:+.3g}" for k, v in last.items() if "/gain/" in k)
