@@ -4,12 +4,12 @@ speechocean762's 2,500 training utterances are split by speaker: ``--dev-speaker
 form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
 
 * ``whisper``: Whisper tiny.en and Whisper base zero-shot (their own decoders, 30 s window, greedy).
-* ``ours``: ``mmtransfer/recipes/speechocean-asr.yaml``: the convergence defaults (frame stacking k=8, projector
-  output at the decoder's embedding RMS, a projector-only alignment stage, then LoRA); its eval also reports the
-  media gain (the dev clips replaced by silence of the same length).
+* ``ours``: ``mmtransfer/recipes/speechocean-asr.yaml`` (frame stacking k=8, projector output at the decoder's
+  embedding RMS, LoRA); its eval also reports the media gain (the dev clips replaced by silence of the same length).
+* ``align``: the same with a projector-only alignment stage of ``--align-steps`` first (decoder frozen), within the
+  same total steps.
 * ``before``: the same data and steps with the ``asr-sentences`` recipe's design before those changes (k=16, no
-  output norm, one LoRA stage from the start).
-* ``no_align``: an ablation: k=8 and the output norm, but LoRA from the first step (no alignment stage).
+  output norm).
 * ``finetune``: Whisper tiny.en fine-tuned on the same training utterances (its own decoder, transformers
   seq2seq, the whole model at lr 1e-5 as in Hugging Face's Whisper fine-tuning guide), for the wall time our
   ``ours`` row trained (``--finetune-seconds`` when run alone).
@@ -34,16 +34,17 @@ from asr_fsdd import score, whisper_zero_shot
 from common import CONFIGS, Results, base_parser, link_data, require, run_recipe, setup, write_jsonl
 
 
-def no_align(steps: int) -> list[str]:
-    """Overrides that keep k=8 and the output norm but train LoRA from the first step (no alignment stage)."""
-    return [f"stages=[{{name: train, steps: {steps}}}]",
-            "model.trainable={audio_encoder: frozen, projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}"]
+def align(align_steps: int, steps: int) -> list[str]:
+    """Overrides that put a projector-only alignment stage (decoder frozen) before the LoRA stage."""
+    return ["model.trainable={audio_encoder: frozen, projectors: full, decoder: frozen}",  # LoRA added at stage 2
+            f"stages=[{{name: align, steps: {align_steps}, trainable: {{audio_encoder: frozen, projectors: full, "
+            f"decoder: frozen}}}}, {{name: finetune, steps: {steps - align_steps}, trainable: {{audio_encoder: frozen, "
+            "projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}}]"]
 
 
 def before(steps: int) -> list[str]:
     """Overrides that give the ``asr-sentences`` design: k=16, no output norm, LoRA from the first step."""
-    return ["model.audio_projector={name: frame_stack, k: 16}", f"stages=[{{name: train, steps: {steps}}}]",
-            "model.trainable={audio_encoder: frozen, projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}"]
+    return ["model.audio_projector={name: frame_stack, k: 16}", f"stages=[{{name: train, steps: {steps}}}]"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -100,9 +101,9 @@ def finetune_whisper(train: list[dict], dev_manifest: Path, root: Path, seconds:
 
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "speech")
-    p.add_argument("--parts", default="whisper,ours,finetune,before")
-    p.add_argument("--align-steps", type=int, default=100, help="steps of the projector-only stage")
-    p.add_argument("--steps", type=int, default=300, help="steps of the LoRA stage (before: align + these)")
+    p.add_argument("--parts", default="whisper,ours,align,before,finetune")
+    p.add_argument("--steps", type=int, default=250, help="training steps of 8 utterances (every trained row)")
+    p.add_argument("--align-steps", type=int, default=50, help="the align row's projector-only steps, of --steps")
     p.add_argument("--dev-speakers", type=int, default=15)
     p.add_argument("--finetune-seconds", type=float, default=None)
     args = p.parse_args()
@@ -116,9 +117,7 @@ def main() -> None:
     dev_m = work / "dev.jsonl"
     refs = [r["text"] for r in dev]
     task = f"speechocean762 dev ({len(dev)} utterances, {args.dev_speakers} unseen speakers)"
-    steps = [f"stages.0.steps={args.align_steps}", f"stages.1.steps={args.steps}"]
-    total = args.align_steps + args.steps
-    size = f"{len(train)} utterances, {total} steps (bs 8)"
+    size = f"{len(train)} utterances, {args.steps} steps (bs 8)"
     parts = args.parts.split(",")
     res = Results("speech", args.out)
     if "whisper" in parts:
@@ -129,9 +128,10 @@ def main() -> None:
                     eval_s=round(secs, 1), examples=list(zip(refs[:5], preds[:5])))
     trained_s = args.finetune_seconds
     for part, extra, method in (
-        ("ours", steps, "Whisper tiny.en (frozen) + k=8 + RMS-normed projector, align stage, SmolLM2 LoRA r=16"),
-        ("no_align", no_align(total), "ablation: k=8 + RMS-normed projector, LoRA from the start (no align stage)"),
-        ("before", before(total), "same, before the convergence changes: k=16, no norm, LoRA from the start"),
+        ("ours", [f"stages.0.steps={args.steps}"],
+         "Whisper tiny.en (frozen) + k=8 + RMS-normed projector, SmolLM2 LoRA r=16"),
+        ("align", align(args.align_steps, args.steps), f"same, after a {args.align_steps}-step projector-only stage"),
+        ("before", before(args.steps), "same, before the convergence changes: k=16, no norm"),
     ):
         if part not in parts:
             continue
