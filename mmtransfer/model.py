@@ -86,6 +86,9 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         if cfg.decoder == "lora":
             if not hasattr(self.decoder, "peft_config"):
                 self.decoder = add_lora(self.decoder, cfg.lora)
+            else:  # adapters from an earlier stage (which may have frozen them): only they train again
+                for name, param in self.decoder.named_parameters():
+                    param.requires_grad_("lora_" in name)
         else:
             apply_policy(self.decoder, cfg.decoder)
         if self.head is not None:

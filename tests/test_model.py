@@ -129,3 +129,15 @@ def test_lora_knows_the_decoders_weight_layout(arch: str) -> None:
         adapted = model.decoder(input_ids=ids).logits
         merged = model.decoder.merge_and_unload()(input_ids=ids).logits
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_adapters_frozen_by_one_stage_train_again_in_a_later_lora_stage() -> None:
+    from mmtransfer.config import TrainableConfig
+
+    model = mmtransfer.build_model(tiny_model_config(trainable={"decoder": "lora"}))
+    lora = {n for n, p in model.decoder.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    model.set_trainable(TrainableConfig(decoder="frozen"))
+    assert not any(p.requires_grad for p in model.decoder.parameters())
+    model.set_trainable(TrainableConfig(decoder="lora"))
+    assert {n for n, p in model.decoder.named_parameters() if p.requires_grad} == lora
