@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,3 +42,17 @@ def record_weight_changes(monkeypatch: pytest.MonkeyPatch) -> dict[int, bool]:
 
     monkeypatch.setattr(loop, "_train_step", step)
     return changed
+
+
+def write_mixed_pair(synthetic: Path) -> Path:
+    """``chat_pair.jsonl`` in ``synthetic``: a text-only conversation, then one with an image and a clip (with two
+    ranks and batches of one, each step gives one rank each)."""
+    pair = [{"messages": [{"role": "user", "content": "just text, positive or negative?"},
+                          {"role": "assistant", "content": "positive"}]},
+            {"messages": [{"role": "user", "content": [{"type": "image", "image": "shapes/images/train_00000.png"},
+                                                       {"type": "audio", "audio": "tones/audio/train_00000.wav"},
+                                                       {"type": "text", "text": "colour, then digits?"}]},
+                          {"role": "assistant", "content": "red; one"}]}]
+    path = synthetic / "chat_pair.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in pair))
+    return path

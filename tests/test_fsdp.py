@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import mmtransfer
 from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.train import load_train_config, train
+from tests.runs import write_mixed_pair
 from tests.test_train import _losses, _overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,13 +105,7 @@ def test_fsdp_resume_after_a_kill_gives_the_same_losses(synthetic: Path, tmp_pat
 def test_fsdp_lora_with_one_rank_text_only_and_the_other_with_images_and_audio(synthetic: Path,
                                                                                tmp_path: Path) -> None:
     """Also: evaluation (generation, eval loss, media gain) of the sharded model, and its best/ save."""
-    pair = [{"messages": [{"role": "user", "content": "just text, positive or negative?"},
-                          {"role": "assistant", "content": "positive"}]},
-            {"messages": [{"role": "user", "content": [{"type": "image", "image": "shapes/images/train_00000.png"},
-                                                       {"type": "audio", "audio": "tones/audio/train_00000.wav"},
-                                                       {"type": "text", "text": "colour, then digits?"}]},
-                          {"role": "assistant", "content": "red; one"}]}]
-    (synthetic / "chat_pair.jsonl").write_text("".join(json.dumps(x) + "\n" for x in pair))
+    write_mixed_pair(synthetic)
     recipe = yaml.safe_load((RECIPES / "chat-tiny.yaml").read_text())
     recipe["model"]["decoder"]["tokenizer"] = str(ASSETS / "tiny-tokenizer")
     recipe["model"]["trainable"] = {"image_encoder": "frozen", "audio_encoder": "full", "projectors": "full",

@@ -19,7 +19,7 @@ from mmtransfer.bundled import ASSETS, RECIPES
 from mmtransfer.config import ConfigError
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import NonFiniteLossError, load_train_config, train
-from tests.runs import interrupt_then_resume
+from tests.runs import interrupt_then_resume, write_mixed_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(RECIPES.glob("*.yaml"))
@@ -151,13 +151,7 @@ def test_ddp_steps_where_one_rank_is_text_only_and_the_other_has_images_and_audi
 ) -> None:
     """Two conversations, one per rank each step: the ranks run different modalities, yet every module runs on
     both (no hang, no unused-parameter error) and their weights agree after each step."""
-    pair = [{"messages": [{"role": "user", "content": "just text, positive or negative?"},
-                          {"role": "assistant", "content": "positive"}]},
-            {"messages": [{"role": "user", "content": [{"type": "image", "image": "shapes/images/train_00000.png"},
-                                                       {"type": "audio", "audio": "tones/audio/train_00000.wav"},
-                                                       {"type": "text", "text": "colour, then digits?"}]},
-                          {"role": "assistant", "content": "red; one"}]}]
-    (synthetic / "chat_pair.jsonl").write_text("".join(json.dumps(x) + "\n" for x in pair))
+    write_mixed_pair(synthetic)
     recipe = yaml.safe_load((RECIPES / "chat-tiny.yaml").read_text())
     recipe["model"]["decoder"]["tokenizer"] = str(ASSETS / "tiny-tokenizer")
     recipe |= {"data": [{"task": "chat", "train": str(synthetic / "chat_pair.jsonl")}], "batch_size": 1,
