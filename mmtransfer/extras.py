@@ -17,6 +17,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "jiwer": ("jiwer", "metrics"),
     "sklearn": ("scikit-learn", "metrics"),
     "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow-skinny", "mlflow"),
     "av": ("av", "video"),
     "fastapi": ("fastapi", "serve"),
     "uvicorn": ("uvicorn", "serve"),

@@ -12,6 +12,7 @@ from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_o
 from mmtransfer.data.conversations import FORMATS
 from mmtransfer.extras import require
 from mmtransfer.tasks import get_task
+from mmtransfer.train.tracking import TRACKERS
 
 
 @dataclass
@@ -83,8 +84,11 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0: only at the end
     media_gain: bool = True  # every eval also scores each modality blanked (mmtransfer.media_gain): 2x eval cost
     save_every: int = 0  # steps; 0: only at the end (and the best checkpoint)
-    log_every: int = 10  # log.jsonl / TensorBoard: one record per task every N steps (mean loss over them)
-    tensorboard: bool = False  # also write TensorBoard events under <output_dir>/tensorboard (extra: tensorboard)
+    log_every: int = 10  # log.jsonl / trackers: one record per task every N steps (mean loss over them)
+    report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, wandb, mlflow
+    run_name: str | None = None  # the trackers' run name (default: the output directory's name)
+    project: str = "mmtransfer"  # the W&B project / MLflow experiment / TensorBoard folder under tensorboard/
+    tensorboard: bool = False  # the same as report_to: [tensorboard] (events under <output_dir>/tensorboard)
     output_dir: str = "outputs/run"
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -183,6 +187,10 @@ def _check_packages(cfg: TrainConfig, where: str) -> None:
             require(task.scorers, f"{where}: data[{i}]: evaluating {task.name}")
     if cfg.tensorboard:
         require(["tensorboard"], f"{where}: tensorboard")
+    for name in cfg.report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"{where}: report_to: '{name}' is not one of {', '.join(TRACKERS)}")
+        require([TRACKERS[name]], f"{where}: report_to: {name}")
 
 
 def _resolve(base: Path, value: str) -> str:

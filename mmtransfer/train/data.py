@@ -24,6 +24,7 @@ from mmtransfer.model import MultimodalGPT
 from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
 from mmtransfer.train.config import DatasetConfig, TrainConfig
+from mmtransfer.train.tracking import Prediction
 
 
 class TrainData:
@@ -70,15 +71,17 @@ class TrainData:
         return metrics
 
     @torch.no_grad()
-    def examples(self, model: MultimodalGPT, n: int, max_new_tokens: int) -> list[tuple[str, str, str]]:
-        """(task, reference, prediction) for the first ``n`` samples of each eval split."""
+    def examples(self, model: MultimodalGPT, n: int, max_new_tokens: int) -> list[Prediction]:
+        """The first ``n`` samples of each eval split: reference, prediction and the decoded input medium."""
         rows = []
         for name, (task, dataset) in self.eval_sets.items():
             samples = [dataset[i] for i in range(min(n, len(dataset)))]
             samples = [s for s in samples if isinstance(s, dict)]
             kwargs = {} if task.api == "classify" else {"max_new_tokens": max_new_tokens}
             for sample, pred in zip(samples, task.predict(model, samples, n, **kwargs)):
-                rows.append((name, task.references(sample)[0], pred))
+                kind = task.modality if task.modality is not None and sample.get(task.modality) is not None else None
+                rows.append(Prediction(name, task.references(sample)[0], pred, kind,
+                                       sample.get(kind) if kind else None, sample.get("sample_rate")))
         return rows
 
     def primary_metric(self) -> tuple[str, bool]:

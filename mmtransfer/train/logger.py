@@ -1,8 +1,10 @@
-"""Run logging: ``log.jsonl`` always, TensorBoard when the recipe asks, a PNG of the curves at the end."""
+"""Run logging: ``log.jsonl`` always, the recipe's experiment trackers (``report_to``), a PNG of the curves at the
+end."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +12,20 @@ from typing import Any
 class RunLogger:
     """Collects training and eval records on the main process (a no-op elsewhere)."""
 
-    def __init__(self, out_dir: Path, enabled: bool = True, every: int = 1, tensorboard: bool = False) -> None:
-        """``every``: write one training record per task every that many steps, its loss the mean over them."""
+    def __init__(self, out_dir: Path, enabled: bool = True, every: int = 1,
+                 track: Callable[[dict[str, float], int], None] | None = None) -> None:
+        """``every``: write one training record per task every that many steps, its loss the mean over them.
+        ``track(values, step)``: also send the records to the experiment trackers (``Accelerator.log``)."""
         self.enabled = enabled
         self.out_dir = out_dir
         self.every = every
+        self.track = track
         self.records: list[dict[str, Any]] = []
         self.window: dict[str, list[float]] = {}  # task -> losses since the last record
-        self.tb = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self.file = (out_dir / "log.jsonl").open("a")
-        if tensorboard:  # the run checked at its start that the package is there
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
 
     def _write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -42,14 +42,14 @@ class RunLogger:
         self.window.setdefault(task, []).append(loss)
         if step % self.every and not last:
             return
+        tracked = {"lr": lr, "samples_s": samples_s}
         for name, losses in self.window.items():
             mean = sum(losses) / len(losses)
             self._write({"step": step, "stage": stage, "task": name, "loss": mean, "steps": len(losses), "lr": lr,
                          "samples_s": samples_s})
-            if self.tb is not None:
-                self.tb.add_scalar(f"loss/{name}", mean, step)
-        if self.tb is not None:
-            self.tb.add_scalar("lr", lr, step)
+            tracked[f"loss/{name}"] = mean
+        if self.track is not None:
+            self.track(tracked, step)
         self.window = {}
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
@@ -57,17 +57,14 @@ class RunLogger:
             return
         self._write({"step": step, "eval": metrics})
         print(f"eval @ step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if self.tb is not None:
-            for key, value in metrics.items():
-                self.tb.add_scalar(f"eval/{key}", value, step)
+        if self.track is not None:
+            self.track({f"eval/{key}": value for key, value in metrics.items()}, step)
 
     def finish(self) -> None:
         """Close files and plot loss (per task) and eval metrics to ``curves.png`` when matplotlib is there."""
         if not self.enabled:
             return
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
         plot_curves(self.records, self.out_dir / "curves.png")
 
 

@@ -24,7 +24,7 @@ from mmtransfer.model import MultimodalGPT
 from mmtransfer.model_card import training_record
 from mmtransfer.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
-from mmtransfer.train import sharding
+from mmtransfer.train import sharding, tracking
 from mmtransfer.train.config import StageConfig, TrainConfig
 from mmtransfer.train.data import TrainData, build_data
 from mmtransfer.train.logger import RunLogger
@@ -69,7 +69,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         data.load_state_dict(saved["data"])
         if acc.scaler is not None and saved.get("scaler"):  # fp16: the loss scale goes on where it was
             acc.scaler.load_state_dict(saved["scaler"])
-    logger = RunLogger(out, enabled=acc.is_main_process, every=cfg.log_every, tensorboard=cfg.tensorboard)
+    tracking.start(acc, cfg)
+    logger = RunLogger(out, enabled=acc.is_main_process, every=cfg.log_every,
+                       track=(lambda values, step: acc.log(values, step=step)) if acc.log_with else None)
     bar = tqdm(total=sum(s.steps for s in cfg.stages), initial=state.step, disable=not acc.is_main_process,
                desc="train", dynamic_ncols=True)
     for index, stage in enumerate(cfg.stages[state.stage :], start=state.stage):
@@ -90,10 +92,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         _check_finite(model, state, tensors)
         save_pretrained(model, out / "final", training=training_record(cfg, metrics, state.step), tensors=tensors)
         logger.finish()
-        for task, reference, prediction in examples:
-            print(f"[{task}] reference: {reference!r}  prediction: {prediction!r}")
+        tracking.log_predictions(acc, examples, state.step)
+        for row in examples:
+            print(f"[{row.dataset}] reference: {row.reference!r}  prediction: {row.prediction!r}")
         if data.skipped:
             print(f"{data.skipped} training samples were skipped (see the messages above)")
+    acc.end_training()  # closes the trackers (on every rank: they start on the main process only)
     return metrics
 
 
@@ -116,7 +120,7 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
         AcceleratorState._reset_state()  # a later run in this process with another precision (tests, notebooks)
     acc = Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=cfg.optim.grad_accum,
-        cpu=device_type == "cpu", kwargs_handlers=kwargs,
+        cpu=device_type == "cpu", kwargs_handlers=kwargs, **tracking.accelerator_kwargs(cfg),
     )
     enable_cpu_fp16(acc)
     return acc
