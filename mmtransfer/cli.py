@@ -225,7 +225,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="the address to bind (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-name", default=None, help="the id clients send as 'model' (default: the "
-                       "checkpoint directory's name)")
+                       "run's name for a run's final/ or best/, else the directory's name)")
     serve.add_argument("--max-batch", type=int, default=16, help="most requests in one generate call")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
                        help="a batch being formed waits this long for the next request to join it")
@@ -234,6 +234,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--media-dir", default=None, help="a directory image_url parts may name files in "
                        "(default: media must come inline, as base64)")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+
+def _served_name(checkpoint: Path) -> str:
+    """A run's ``final/`` or ``best/`` is served as the run (``outputs/flickr8k/final`` -> ``flickr8k``)."""
+    path = checkpoint.resolve()
+    return path.parent.name if path.name in ("final", "best") else path.name
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -247,7 +253,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     model = mmtransfer.load(args.checkpoint, device=args.device)
     settings = ServeSettings(
-        model_name=args.model_name or Path(args.checkpoint).resolve().name, max_batch=args.max_batch,
+        model_name=args.model_name or _served_name(Path(args.checkpoint)), max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms, max_body_mb=args.max_body_mb, default_max_tokens=args.default_max_tokens,
         media_dir=Path(args.media_dir) if args.media_dir else None,
     )

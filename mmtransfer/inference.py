@@ -28,6 +28,11 @@ def _as_list(x: Any) -> tuple[list[Any], bool]:
     return [x], True
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any of ``stop`` (all of it when none occurs)."""
+    return text[: min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))]
+
+
 class InferenceMixin:
     """Methods shared by models that have ``processor``, ``decoder``, ``tokenizer``, ``config``."""
 
@@ -46,12 +51,15 @@ class InferenceMixin:
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 16,
+        stop: Sequence[str] = (),
         streamer: BaseStreamer | None = None,
     ) -> str | list[str]:
         """The next assistant turn of one conversation (a list of messages) or of each of a list of them,
         batched. A media part holds a path, a PIL image, or an array / tensor (audio, at the part's
-        ``sample_rate`` or ``sample_rate`` here). ``streamer``: a transformers streamer handed to each
-        ``generate`` call (one per ``batch_size`` conversations; it gets their new tokens [b] each step)."""
+        ``sample_rate`` or ``sample_rate`` here). ``stop``: strings that end a row's generation; the answer ends
+        before the first one (as OpenAI's ``stop``). ``streamer``: a transformers streamer handed to each
+        ``generate`` call (one per ``batch_size`` conversations; it gets their new tokens [b] each step; one with a
+        ``prompt(lengths)`` method is first told each row's prompt length in positions, media included)."""
         single = bool(conversations) and isinstance(conversations[0], dict)
         convs = [list(conversations)] if single else [list(c) for c in conversations]
         for conv in convs:
@@ -61,11 +69,11 @@ class InferenceMixin:
             batch = self.processor(convs[i : i + batch_size], add_generation_prompt=True, sample_rate=sample_rate)
             results += self._generate_batch(
                 to_device(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
-                do_sample=do_sample, temperature=temperature, top_p=top_p, streamer=streamer,
+                do_sample=do_sample, temperature=temperature, top_p=top_p, streamer=streamer, stop=tuple(stop),
             )
         return results[0] if single else results
 
-    def _generate_batch(self, batch: dict[str, Any], **gen_kwargs: Any) -> list[str]:
+    def _generate_batch(self, batch: dict[str, Any], stop: tuple[str, ...] = (), **gen_kwargs: Any) -> list[str]:
         embeds, mask, positions, _ = self.embed(
             batch["input_ids"], batch["attention_mask"], image=batch.get("image"), audio=batch.get("audio")
         )
@@ -74,11 +82,15 @@ class InferenceMixin:
             gen_kwargs.pop("temperature")
             gen_kwargs.pop("top_p")
         tok = self.tokenizer
+        if stop:  # transformers ends each row at its first stop string; the text is cut before it below
+            gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
+        if hasattr(gen_kwargs.get("streamer"), "prompt"):
+            gen_kwargs["streamer"].prompt(mask.sum(1).tolist())
         out = self.decoder.generate(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **gen_kwargs,
         )  # [B, new] (only new tokens when generating from inputs_embeds)
-        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        return [cut_at_stop(t, stop).strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
     def _task_chat(self, task: str, fields: list[dict[str, str]], media: dict[str, list[Any]] | None,
                    **kwargs: Any) -> list[str]:

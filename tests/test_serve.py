@@ -207,6 +207,10 @@ BAD_CASES = {
                  "fetches no URLs"),
     "max_tokens 0": (body([text("hi")], max_tokens=0), 400, "max_tokens"),
     "n=2": (GOOD | {"n": 2}, 400, "only n=1"),
+    "tools": (GOOD | {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 400,
+              "tool and function calling are not supported"),
+    "five stop sequences": (GOOD | {"stop": list("abcde")}, 400, "at most 4 stop sequences"),
+    "an empty stop sequence": (GOOD | {"stop": ""}, 400, "must not be empty"),
 }
 
 
@@ -277,6 +281,75 @@ def test_batch_streamer_sends_stable_text_per_row_and_stops_rows_at_eos(served: 
     assert (streamer.finish_reason(0), streamer.finish_reason(1), streamer.ids[1]) == ("length", "stop", [5, 5])
 
 
+def _prompt_positions(model: mmtransfer.MultimodalGPT, conversation: list[dict[str, Any]]) -> int:
+    """The positions the decoder reads for ``conversation``'s prompt: its text and media tokens."""
+    batch = model.processor([conversation], add_generation_prompt=True)
+    _, mask, _, _ = model.embed(batch["input_ids"], batch["attention_mask"], image=batch.get("image"),
+                                audio=batch.get("audio"))
+    return int(mask.sum())
+
+
+def test_usage_counts_prompt_positions_and_generated_tokens(served: Served) -> None:
+    parts = [{"type": "image_url", "image_url": {"url": data_url(IMAGE)}}, wav_part(AUDIO), text("what is this?")]
+    prompt = _prompt_positions(served.reference, ours(parts))
+    out = client(served).chat.completions.create(model=NAME, messages=body(parts)["messages"], max_tokens=8,
+                                                 temperature=0)
+    generated = len(served.reference.tokenizer(out.choices[0].message.content)["input_ids"])
+    done = 8 if out.choices[0].finish_reason == "length" else generated + 1  # + its EOS
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.total_tokens) == (
+        prompt, done, prompt + done)
+    assert prompt > len(served.reference.tokenizer("what is this?")["input_ids"]) + 2  # the media count too
+    chunks = list(client(served).chat.completions.create(
+        model=NAME, messages=body(parts)["messages"], max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == out.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+    _, lines = streamed(served, body([text("hello")]))  # no stream_options: no usage chunk
+    assert all('"usage"' not in line for line in lines)
+
+
+def test_stop_sequences_end_the_answer_before_them(served: Served) -> None:
+    parts = [text("tell me a long story")]
+    plain = answer(served, body(parts, max_tokens=16))
+    stops = [plain[i : i + 2] for i in range(4, len(plain) - 2) if plain[i : i + 2].isascii() and
+             plain[i : i + 2].isalpha()]  # two letters past the answer's start
+    assert stops, plain
+    stop = stops[0]
+    expected = plain[: plain.index(stop)].strip()
+    response = post(served, body(parts, max_tokens=16, stop=[stop, "never-said"]))
+    assert response.json()["choices"][0]["message"]["content"] == expected
+    assert response.json()["choices"][0]["finish_reason"] == "stop"
+    assert response.json()["usage"]["completion_tokens"] < 16
+    text_streamed, lines = streamed(served, body(parts, max_tokens=16, stop=stop))
+    assert text_streamed == expected and '"finish_reason": "stop"' in lines[-2]
+    steps = BatchStreamer([Job([], GenSettings(16, False))], served.reference.tokenizer, lambda job, event: None)
+    assert served.reference.chat(ours(parts), max_new_tokens=16, stop=[stop], streamer=steps) == expected
+    assert len(steps.ids[0]) < 16  # generate itself ended at the stop string
+
+
+def test_batch_streamer_holds_back_the_start_of_a_stop_string(served: Served) -> None:
+    tok = served.reference.tokenizer
+    ids = tok(" hello world ok", add_special_tokens=False)["input_ids"]
+    jobs = [Job([], GenSettings(8, False, stop=("wor",)), stream=True)]
+    events: list[Any] = []
+    streamer = BatchStreamer(jobs, tok, lambda job, event: events.append(event))
+    streamer.prompt([7])
+    streamer.put(torch.zeros(1, 0, dtype=torch.long))
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    deltas = [event[1] for event in events if event[0] == "delta"]
+    assert "".join(deltas) == "hello" and streamer.finish_reason(0) == "stop"
+    assert not any("w" in d for d in deltas)  # "w", "wo" were held back until they turned into the stop string
+    generated = streamer.ids[0]
+    assert streamer.usage(0) == {"prompt_tokens": 7, "completion_tokens": len(generated),
+                                 "total_tokens": 7 + len(generated)}
+
+
+def test_favicon_is_not_a_404(served: Served) -> None:
+    assert httpx.get(f"{served.url}/favicon.ico").status_code == 204
+
+
 def test_serve_command_binds_localhost_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["serve", "ckpt"])
     assert (args.host, args.port, args.batch_wait_ms, args.max_batch) == ("127.0.0.1", 8000, 5.0, 16)
@@ -287,3 +360,6 @@ def test_serve_command_binds_localhost_by_default(tmp_path: Path, monkeypatch: p
     (app, kwargs), = calls
     assert (kwargs["host"], kwargs["port"]) == ("127.0.0.1", 8123)
     assert (app.state.settings.model_name, app.state.settings.max_batch) == ("m", 4)
+    mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "my-run" / "final")
+    assert main(["serve", str(tmp_path / "my-run" / "final")]) == 0
+    assert calls[-1][0].state.settings.model_name == "my-run"  # a run's final/ is served as the run

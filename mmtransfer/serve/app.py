@@ -44,6 +44,7 @@ from mmtransfer.serve.protocol import (
     completion_id,
     error,
     to_conversation,
+    usage_chunk,
 )
 
 log = logging.getLogger("mmtransfer.serve")
@@ -140,6 +141,10 @@ def _add_routes(app: FastAPI, batcher: Batcher, settings: ServeSettings) -> None
     async def index() -> str:
         return page
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:  # the page declares no icon; answer browsers' request without a 404
+        return Response(status_code=204)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": settings.model_name, "queued": batcher.queue.qsize(),
@@ -165,8 +170,9 @@ def _add_routes(app: FastAPI, batcher: Batcher, settings: ServeSettings) -> None
             return _error_response(event[1])
         cid = completion_id()
         if body.stream:
-            return StreamingResponse(_sse(job, event, cid, settings.model_name), media_type="text/event-stream")
-        return JSONResponse(completion(cid, settings.model_name, event[1], event[2]))
+            return StreamingResponse(_sse(job, event, cid, settings.model_name, body.include_usage),
+                                     media_type="text/event-stream")
+        return JSONResponse(completion(cid, settings.model_name, event[1], event[2], event[3]))
 
 
 def _prepare(model: Any, body: ChatRequest, settings: ServeSettings) -> list[Message]:
@@ -177,8 +183,9 @@ def _prepare(model: Any, body: ChatRequest, settings: ServeSettings) -> list[Mes
     return conversation
 
 
-async def _sse(job: Job, event: Event, cid: str, model: str) -> AsyncIterator[str]:
-    """The server-sent events of a stream: the role, each new piece of text, the finish reason, ``[DONE]``."""
+async def _sse(job: Job, event: Event, cid: str, model: str, include_usage: bool) -> AsyncIterator[str]:
+    """The server-sent events of a stream: the role, each new piece of text, the finish reason, the usage (when
+    asked for), ``[DONE]``."""
     yield _data(chunk(cid, model, {"role": "assistant", "content": ""}))
     sent = ""
     while True:
@@ -190,6 +197,8 @@ async def _sse(job: Job, event: Event, cid: str, model: str) -> AsyncIterator[st
             if text.startswith(sent) and len(text) > len(sent):
                 yield _data(chunk(cid, model, {"content": text[len(sent) :]}))
             yield _data(chunk(cid, model, {}, reason))
+            if include_usage:
+                yield _data(usage_chunk(cid, model, event[3]))
             yield "data: [DONE]\n\n"
             return
         elif event[0] == "error":

@@ -31,11 +31,12 @@ from transformers.generation.streamers import BaseStreamer
 
 from mmtransfer.chat import Message
 from mmtransfer.errors import MMTransferError
+from mmtransfer.inference import cut_at_stop
 from mmtransfer.serve.protocol import GenSettings
 
 log = logging.getLogger("mmtransfer.serve")
 # Events on a job's queue: ("start",) generation began; ("delta", text) new text (streaming jobs only);
-# ("done", text, finish_reason); ("error", exception).
+# ("done", text, finish_reason, usage); ("error", exception). usage: OpenAI's prompt / completion / total tokens.
 Event = tuple[Any, ...]
 
 
@@ -60,14 +61,22 @@ class Stats:
 
 class BatchStreamer(BaseStreamer):
     """Routes each ``generate`` step's new tokens [b] to the jobs of its rows: counts them, notes where a row
-    stops (its EOS), and sends streaming jobs the text that decoding their tokens so far adds."""
+    stops (its EOS, or its first stop string), and sends streaming jobs the text that decoding their tokens so far
+    adds, holding back a tail that may still become a stop string."""
 
     def __init__(self, jobs: list[Job], tokenizer: PreTrainedTokenizerBase, emit: Callable[[Job, Event], None]):
         self.jobs, self.tokenizer, self.emit = jobs, tokenizer, emit
+        self.stop = jobs[0].settings.stop
         self.ids: list[list[int]] = [[] for _ in jobs]
+        self.prompts = [0] * len(jobs)
         self.stopped = [False] * len(jobs)
+        self.eos = [False] * len(jobs)
         self.sent = [""] * len(jobs)
         self.offset = self.rows = 0  # model.chat calls generate once per sub-batch of rows
+
+    def prompt(self, lengths: list[int]) -> None:
+        """Each row's prompt length in positions (text and media tokens), before its ``generate`` call."""
+        self.prompts[self.offset : self.offset + len(lengths)] = lengths
 
     def put(self, value: torch.Tensor) -> None:
         """The prompt ([b, 0]: generation starts), then each step's new tokens [b]."""
@@ -80,19 +89,28 @@ class BatchStreamer(BaseStreamer):
             if self.stopped[row]:
                 continue
             if token == self.tokenizer.eos_token_id:
-                self.stopped[row] = True
+                self.stopped[row] = self.eos[row] = True
                 continue
             self.ids[row].append(token)
-            if self.jobs[row].stream:
+            if self.stop or self.jobs[row].stream:
                 self._send(row)
 
     def end(self) -> None:
         self.offset += self.rows
 
     def _send(self, row: int) -> None:
-        """Send the new stable text: stripped like ``chat``'s answer, and held back while it ends in an
-        incomplete UTF-8 character."""
-        text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True).strip()
+        """Note a stop string, and send a streaming row its new stable text: cut and stripped like ``chat``'s
+        answer, held back while it ends in an incomplete UTF-8 character or in the start of a stop string."""
+        raw = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+        cut = cut_at_stop(raw, self.stop)
+        if len(cut) < len(raw):
+            self.stopped[row] = True
+        else:  # hold back the longest tail that a stop string starts with
+            held = max((k for s in self.stop for k in range(1, len(s)) if cut.endswith(s[:k])), default=0)
+            cut = cut[: len(cut) - held]
+        text = cut.strip()
+        if not self.jobs[row].stream:
+            return
         if text.endswith("\ufffd") or not text.startswith(self.sent[row]) or text == self.sent[row]:
             return
         self.emit(self.jobs[row], ("delta", text[len(self.sent[row]) :]))
@@ -100,6 +118,12 @@ class BatchStreamer(BaseStreamer):
 
     def finish_reason(self, row: int) -> str:
         return "stop" if self.stopped[row] else "length"
+
+    def usage(self, row: int) -> dict[str, int]:
+        """OpenAI's token counts: the prompt's positions, and the tokens generated (its EOS included)."""
+        done = len(self.ids[row]) + self.eos[row]
+        return {"prompt_tokens": self.prompts[row], "completion_tokens": done,
+                "total_tokens": self.prompts[row] + done}
 
 
 class Batcher:
@@ -159,7 +183,7 @@ class Batcher:
             texts = self.model.chat(
                 [job.conversation for job in jobs], max_new_tokens=settings.max_new_tokens,
                 do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
-                batch_size=len(jobs), streamer=streamer,
+                batch_size=len(jobs), stop=settings.stop, streamer=streamer,
             )
         except MMTransferError as err:
             if len(jobs) == 1:
@@ -174,7 +198,7 @@ class Batcher:
                 self._finish(job, ("error", err), emit)
             return
         for row, (job, text) in enumerate(zip(jobs, texts)):
-            self._finish(job, ("done", text, streamer.finish_reason(row)), emit)
+            self._finish(job, ("done", text, streamer.finish_reason(row), streamer.usage(row)), emit)
 
     def _finish(self, job: Job, event: Event, emit: Callable[[Job, Event], None]) -> None:
         self.stats.requests += 1

@@ -42,8 +42,11 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)  # None: OpenAI's default, 1 (sampling)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stream: bool | None = False
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk carries the usage
     n: int | None = 1
     stop: str | list[str] | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
 
     @field_validator("n")
     @classmethod
@@ -54,9 +57,23 @@ class ChatRequest(BaseModel):
 
     @field_validator("stop")
     @classmethod
-    def _no_stop(cls, stop: str | list[str] | None) -> None:
-        if stop:
-            raise ValueError("stop sequences are not supported; generation ends at the end-of-text token")
+    def _stop_strings(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 4:
+            raise ValueError(f"at most 4 stop sequences, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence must not be empty")
+        return stops
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, tools: list[Any] | None) -> None:
+        if tools:
+            raise ValueError("tool and function calling are not supported by this server")
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
 
 
 @dataclass(frozen=True)
@@ -67,14 +84,17 @@ class GenSettings:
     do_sample: bool
     temperature: float = 1.0
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, request: ChatRequest, default_max_tokens: int) -> GenSettings:
         """Temperature 0 is greedy (sampling settings then do not matter, so all greedy requests match)."""
         tokens = request.max_completion_tokens or request.max_tokens or default_max_tokens
+        stop = tuple(request.stop or ())
         if request.temperature == 0:
-            return cls(tokens, False)
-        return cls(tokens, True, 1.0 if request.temperature is None else request.temperature, request.top_p or 1.0)
+            return cls(tokens, False, stop=stop)
+        return cls(tokens, True, 1.0 if request.temperature is None else request.temperature, request.top_p or 1.0,
+                   stop)
 
 
 def to_conversation(messages: list[dict[str, Any]], media_dir: Path | None) -> list[Message]:
@@ -174,11 +194,17 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def completion(cid: str, model: str, text: str, finish_reason: str) -> dict[str, Any]:
-    """A ``chat.completion`` object with one choice."""
+def completion(cid: str, model: str, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+    """A ``chat.completion`` object with one choice and its token ``usage``."""
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason}]}
+                         "finish_reason": finish_reason}], "usage": usage}
+
+
+def usage_chunk(cid: str, model: str, usage: dict[str, int]) -> dict[str, Any]:
+    """The last chunk of a stream that asked for ``stream_options.include_usage``: no choices, the usage."""
+    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [], "usage": usage}
 
 
 def chunk(cid: str, model: str, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
