@@ -10,7 +10,7 @@ from mmtransfer.config import ModelConfig, from_dict
 from mmtransfer.decoder import hidden_size, load_decoder, load_tokenizer
 from mmtransfer.dtypes import check_model_config, load_dtype
 from mmtransfer.encoders import build_encoder
-from mmtransfer.errors import ConfigError
+from mmtransfer.errors import ConfigError, UnknownNameError
 from mmtransfer.modalities import ENCODER_KINDS
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.projectors import build_projector
@@ -42,9 +42,12 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
         name = proj_cfg.pop("name")
         if proj_cfg.get("norm"):
             proj_cfg["embed_rms"] = embedding_rms(decoder)
-        projectors[modality] = build_projector(
-            name, encoders[modality].out_dim, hidden_size(decoder), **proj_cfg
-        )
+        try:
+            projectors[modality] = build_projector(name, encoders[modality].out_dim, hidden_size(decoder), **proj_cfg)
+        except UnknownNameError as err:
+            raise ConfigError(f"{modality}_projector.name: {err}") from None
+        except TypeError as err:  # a key the projector does not take
+            raise ConfigError(f"{modality}_projector: {err}") from None
     return MultimodalGPT(config, decoder, tokenizer, encoders, projectors)  # stores each part in its dtype
 
 

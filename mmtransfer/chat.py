@@ -30,12 +30,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from mmtransfer.errors import InputError
-from mmtransfer.splice import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100  # the label of a position the loss skips (the prompt, padding, media), as PyTorch's default
 
 Message = dict[str, Any]
 OPEN, CLOSE, MEDIA = "\ue000", "\ue001", "\ue002"  # private-use code points: never meaningful in real text

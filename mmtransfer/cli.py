@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 DEBUG_ENV = "MMTRANSFER_DEBUG"
 
@@ -146,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from mmtransfer.errors import WeightsNotFoundError
-    from mmtransfer.train import load_train_config, train
+    from mmtransfer.train.config import load_train_config
 
-    cfg = load_train_config(args.config, args.overrides)
+    cfg = load_train_config(args.config, args.overrides)  # a recipe error stops here, before torch loads
+    from mmtransfer import train as training  # its train() imports the loop (torch, Accelerate) on first use
     try:
-        metrics = train(cfg, resume=args.resume)
+        metrics = training.train(cfg, resume=args.resume)
     except WeightsNotFoundError as err:
         if not cfg.fallback:
             raise
@@ -158,7 +160,7 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"{banner}\nPRETRAINED WEIGHTS MISSING: {err}\nFALLING BACK to {cfg.fallback}: tiny models with "
               f"random initialisation, trained from scratch.\n{banner}", file=sys.stderr)
         cfg = load_train_config(cfg.fallback)
-        metrics = train(cfg, resume=args.resume)
+        metrics = training.train(cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
     print(f"model saved to {cfg.output_dir}/final (best: {cfg.output_dir}/best)")
     return 0
@@ -243,8 +245,6 @@ def _served_name(checkpoint: Path) -> str:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mmtransfer.extras import require
 
     require(["fastapi", "uvicorn"], "mmtransfer serve")

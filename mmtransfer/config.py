@@ -77,6 +77,12 @@ class ModelConfig:
     video_frames: int = 8  # frames sampled from each video part, each one image prefix
 
 
+def _child(where: str, key: str) -> str:
+    """The location of ``key`` under ``where``: ``recipe.yaml`` -> ``recipe.yaml: key``, ``recipe.yaml: model``
+    -> ``recipe.yaml: model.key`` (a file, then a dotted field path)."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
+
+
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys are errors."""
     if not isinstance(data, dict):
@@ -86,18 +92,18 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     if unknown:
         close = difflib.get_close_matches(unknown[0], fields, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; {hint}valid keys: {', '.join(sorted(fields))}"
+        raise ConfigError(f"{_child(where, unknown[0])}: unknown key; {hint}valid keys: {', '.join(sorted(fields))}"
                           if where else f"{cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING and n not in data]
     if required:
-        raise ConfigError(f"{where}.{required[0]}: missing (required)" if where else
+        raise ConfigError(f"{_child(where, required[0])}: missing (required)" if where else
                           f"{cls.__name__}: missing required key(s) {required}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         sub = _dataclass_in(hints[name])
-        path = f"{where}.{name}" if where else name
+        path = _child(where, name) if where else name
         if sub is not None and value is not None:
             kwargs[name] = from_dict(sub, value, path)
         else:

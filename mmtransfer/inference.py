@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from mmtransfer.chat import Message, check_conversation
+from mmtransfer.chat import IGNORE_INDEX, Message, check_conversation
 from mmtransfer.errors import InputError
 from mmtransfer.processing import to_device
 from mmtransfer.prompts import DEFAULT_PROMPTS, user_turn
-from mmtransfer.splice import IGNORE_INDEX
 
 
 def _as_list(x: Any) -> tuple[list[Any], bool]:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 
 from mmtransfer.errors import InputError, MissingFileError
+
+if TYPE_CHECKING:
+    import torch
 
 PathLike = str | os.PathLike
 
@@ -82,8 +83,8 @@ def load_audio(
     Files carry their own rate (``sample_rate`` is ignored for them); integer PCM is read as floats
     in [-1, 1]. An array or tensor is assumed to be at ``target_rate`` when ``sample_rate`` is None.
     """
-    if isinstance(item, (np.ndarray, torch.Tensor)):
-        array = item.detach().cpu().float().numpy() if isinstance(item, torch.Tensor) else item
+    if not isinstance(item, (str, os.PathLike)):  # an array, or a tensor (torch itself is imported where needed)
+        array = item.detach().cpu().float().numpy() if hasattr(item, "detach") else item
         wave = _array_to_mono(np.asarray(array, dtype=np.float32))
         rate = target_rate if sample_rate is None else sample_rate
         name = f"array of shape {tuple(array.shape)}"
@@ -99,5 +100,8 @@ def load_audio(
     if not np.isfinite(wave).all():  # float WAV/FLAC can hold NaN or inf; they would poison a whole batch
         raise InputError(f"audio has NaN or infinite samples: {name}")
     if rate != target_rate:
+        import torch
+        import torchaudio.functional as AF
+
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target_rate).numpy()
     return np.ascontiguousarray(wave, dtype=np.float32)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mmtransfer.chat import template_of
+from mmtransfer.chat import IGNORE_INDEX, template_of
 from mmtransfer.config import ModelConfig, TrainableConfig
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.dtypes import apply_dtypes
@@ -21,7 +21,7 @@ from mmtransfer.inference import InferenceMixin
 from mmtransfer.modalities import MODALITIES
 from mmtransfer.packing import check_decoder, pack, packed_loss, target_positions
 from mmtransfer.processing import Processor
-from mmtransfer.splice import IGNORE_INDEX, splice
+from mmtransfer.splice import splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmtransfer.chat import IGNORE_INDEX
 from mmtransfer.errors import ConfigError
-from mmtransfer.splice import IGNORE_INDEX
 
 
 def plan_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:

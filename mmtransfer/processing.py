@@ -8,13 +8,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mmtransfer.chat import Message, Rendered, render
+from mmtransfer.chat import IGNORE_INDEX, Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import InputError
 from mmtransfer.io import load_audio
 from mmtransfer.modalities import PLACEHOLDERS, modality
 from mmtransfer.prompts import user_turn
-from mmtransfer.splice import IGNORE_INDEX
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-IGNORE_INDEX = -100
+from mmtransfer.chat import IGNORE_INDEX
 
 
 def splice(

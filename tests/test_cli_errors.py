@@ -48,6 +48,12 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str], lines: int = 1) 
     ("optim.lr=abc", r"r.yaml: optim.lr: expected a number, got 'abc'"),
     ("data.0.task=captionin", r"r.yaml: data\[0\].task: unknown task 'captionin'; valid tasks: asr, captioning"),
     ("model.image_encoder.name=timmm", r"r.yaml: model: unknown encoder 'timmm'; valid encoders: .*timm"),
+    ("batchsize=3", r"r.yaml: batchsize: unknown key; did you mean 'batch_size'\?"),
+    ("model.image_projector.name=mlpp", r"r.yaml: model: image_projector.name: unknown projector 'mlpp'; valid "
+                                        r"projectors: .*mlp"),
+    ("model.image_projector.hidden=3", r"r.yaml: model: image_projector: .*'hidden'"),
+    ("model.image_encoder.model_name=resnet10tt", r"r.yaml: model: image_encoder.model_name: timm has no "
+                                                  r"architecture 'resnet10tt'"),
 ])
 def test_config_errors_are_one_line(tmp_path: Path, override: str, message: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,3 +33,12 @@ def test_the_cli_answers_without_importing_torch(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout, done.stdout[-500:]
+
+
+@pytest.mark.parametrize("override", ["batchsize=3", "optim.lrr=1", "data.0.task=captionin", "report_to=[neptune]"])
+def test_a_recipe_error_is_reported_before_torch_loads(override: str) -> None:
+    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=["train", "captioning-tiny", override])],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("mmtransfer: error: captioning-tiny: "), done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout[-500:]

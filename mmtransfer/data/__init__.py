@@ -9,25 +9,20 @@ Typical use::
         loss = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).loss
 """
 
-from mmtransfer.data.cache import FeatureCache
-from mmtransfer.data.collate import MODEL_INPUTS, Collator
-from mmtransfer.data.conversations import read_conversations
-from mmtransfer.data.datasets import TaskDataset
-from mmtransfer.data.loader import Mixture, make_loader
-from mmtransfer.data.manifest import DataError, Manifest, Skip, read_manifest
-from mmtransfer.data.sampler import BucketBatchSampler
+from __future__ import annotations
 
-__all__ = [
-    "MODEL_INPUTS",
-    "BucketBatchSampler",
-    "Collator",
-    "DataError",
-    "FeatureCache",
-    "Manifest",
-    "Mixture",
-    "Skip",
-    "TaskDataset",
-    "make_loader",
-    "read_conversations",
-    "read_manifest",
-]
+import importlib
+from typing import Any
+
+_WHERE = {  # name -> the submodule that defines it, imported on first use (torch loads only when needed)
+    "FeatureCache": "cache", "MODEL_INPUTS": "collate", "Collator": "collate", "read_conversations": "conversations",
+    "TaskDataset": "datasets", "Mixture": "loader", "make_loader": "loader", "DataError": "manifest",
+    "Manifest": "manifest", "Skip": "manifest", "read_manifest": "manifest", "BucketBatchSampler": "sampler",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"mmtransfer.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'mmtransfer.data' has no attribute '{name}'")

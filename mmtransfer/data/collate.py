@@ -7,12 +7,11 @@ from typing import Any
 import torch
 from jinja2 import TemplateError
 
-from mmtransfer.chat import Rendered
+from mmtransfer.chat import IGNORE_INDEX, Rendered
 from mmtransfer.data.cache import FeatureCache
 from mmtransfer.data.manifest import Skip, check_on_error, report
 from mmtransfer.decoder import context_length
 from mmtransfer.modalities import modality
-from mmtransfer.splice import IGNORE_INDEX
 from mmtransfer.tasks import Task, get_task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels", "pack_tokens")

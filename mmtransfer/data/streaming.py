@@ -33,12 +33,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtransfer.data.manifest import Skip, report
+from mmtransfer.data.sources import SOURCES
 from mmtransfer.errors import DataError
 
 log = logging.getLogger(__name__)
-SOURCES = ("jsonl", "webdataset", "hf")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
-AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus")
 
 
 @dataclass(frozen=True)

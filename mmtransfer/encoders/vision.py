@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
 from mmtransfer import weights
 from mmtransfer.encoders.base import ENCODERS, Encoder
+from mmtransfer.errors import ConfigError
 from mmtransfer.io import load_image
 
 TIMM_TOKENS = ("auto", "patch", "feature_map")
@@ -76,6 +78,10 @@ class TimmEncoder(_ImageEncoder):
 
     @staticmethod
     def _create(model_name: str, pretrained: bool, model_kwargs: dict[str, Any]) -> torch.nn.Module:
+        if not timm.is_model(model_name):  # before the weights lookup, which would call it missing weights
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else " (timm.list_models() lists them)"
+            raise ConfigError(f"image_encoder.model_name: timm has no architecture '{model_name}'{hint}")
         # the local weights file plus the mean / std / interpolation those weights were trained with
         overlay = weights.timm_pretrained_overlay(model_name) if pretrained else {}
         if overlay:

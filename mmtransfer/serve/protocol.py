@@ -23,10 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmtransfer.chat import Message, check_conversation
+from mmtransfer.data.sources import AUDIO_EXTS
 from mmtransfer.errors import InputError
 from mmtransfer.io import load_image
 
-AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")  # what libsndfile reads
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -181,8 +181,8 @@ def _audio(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(spec, dict) or not isinstance(spec.get("data"), str):
         raise InputError(f"{where}: an input_audio part needs 'input_audio': {{'data': <base64>, 'format': 'wav'}}")
     fmt = spec.get("format", "wav")
-    if fmt not in AUDIO_FORMATS:
-        raise InputError(f"{where}: audio format {fmt!r} is not one of {', '.join(AUDIO_FORMATS)}")
+    if fmt not in AUDIO_EXTS:
+        raise InputError(f"{where}: audio format {fmt!r} is not one of {', '.join(AUDIO_EXTS)}")
     try:
         frames, rate = sf.read(io.BytesIO(_b64(spec["data"], where)), dtype="float32", always_2d=True)  # [T, C]
     except (RuntimeError, TypeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError

@@ -10,6 +10,7 @@ from mmtransfer.bundled import find_recipe, is_bundled
 from mmtransfer.chat import LOSS_ON
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
 from mmtransfer.data.conversations import FORMATS
+from mmtransfer.data.sources import SOURCES
 from mmtransfer.extras import require
 from mmtransfer.tasks import get_task
 from mmtransfer.train.tracking import TRACKERS
@@ -201,8 +202,6 @@ def _resolve(base: Path, value: str) -> str:
 
 def _validate_source(ds: DatasetConfig, where: str) -> None:
     """The streaming keys of one dataset (mmtransfer.data.streaming)."""
-    from mmtransfer.data.streaming import SOURCES
-
     if ds.source not in SOURCES:
         raise ConfigError(f"{where}.source: '{ds.source}' is not one of {', '.join(SOURCES)}")
     if ds.source == "jsonl":
