@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -75,6 +76,28 @@ def _array_to_mono(wave: np.ndarray) -> np.ndarray:
     return wave.mean(axis=0 if wave.shape[0] <= wave.shape[1] else 1)
 
 
+def read_audio(source: PathLike | bytes, name: str) -> tuple[np.ndarray, int]:
+    """Decode an audio file, or a file's bytes, with libsndfile -> (float32 mono samples [T], their rate).
+    The one audio decoder of files, shards, dataset cells and the server. InputError naming ``name`` with
+    libsndfile's reason (soundfile's own message names an in-memory file by its repr, an address)."""
+    try:
+        frames, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32",
+                               always_2d=True)  # [T, C]
+    except (RuntimeError, TypeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
+        raise InputError(f"could not read audio file {name}: {getattr(err, 'error_string', None) or err}") from None
+    return frames.mean(axis=1), rate
+
+
+def audio_seconds(source: PathLike | bytes, name: str) -> float:
+    """An audio file's (or its bytes') duration from its header, without decoding; InputError naming ``name``."""
+    try:
+        info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InputError(f"could not read the audio header of {name}: "
+                         f"{getattr(err, 'error_string', None) or err}") from None
+    return info.frames / info.samplerate
+
+
 def load_audio(
     item: PathLike | np.ndarray | torch.Tensor, target_rate: int, sample_rate: int | None = None
 ) -> np.ndarray:
@@ -90,11 +113,7 @@ def load_audio(
         name = f"array of shape {tuple(array.shape)}"
     else:
         path = _existing_file(item, "audio")
-        try:
-            frames, rate = sf.read(path, dtype="float32", always_2d=True)  # [T, C]
-        except RuntimeError as err:  # soundfile's LibsndfileError
-            raise InputError(f"could not read audio file {path}: {err}") from err
-        wave, name = frames.mean(axis=1), str(path)
+        (wave, rate), name = read_audio(path, str(path)), str(path)
     if wave.size == 0:
         raise InputError(f"audio is empty: {name}")
     if not np.isfinite(wave).all():  # float WAV/FLAC can hold NaN or inf; they would poison a whole batch

@@ -55,7 +55,7 @@ class Blob:
     def open(self, kind: str, sample_rate: int | None = None) -> Any:
         """Decode: a PIL RGB image (``kind`` image) or float32 mono audio at ``sample_rate``. ValueError on bad
         bytes, naming the blob."""
-        from mmtransfer.io import decode_image, load_audio
+        from mmtransfer.io import decode_image, load_audio, read_audio
 
         if kind == "image":
             return decode_image(io.BytesIO(self.data), self.name)
@@ -64,13 +64,8 @@ class Blob:
                              "audio)")
         if self.array is not None:
             return load_audio(np.asarray(self.array, dtype=np.float32), sample_rate, self._array_rate())
-        import soundfile as sf
-
-        try:
-            frames, rate = sf.read(io.BytesIO(self.data), dtype="float32", always_2d=True)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"cannot decode audio {self.name}: {_reason(err)}") from None
-        return load_audio(frames.mean(axis=1), sample_rate, rate)
+        wave, rate = read_audio(self.data, self.name)
+        return load_audio(wave, sample_rate, rate)
 
     def _array_rate(self) -> int:
         if not self.rate:
@@ -81,19 +76,9 @@ class Blob:
         """Audio duration from the header (no decoding)."""
         if self.array is not None:
             return len(self.array) / float(self._array_rate())
-        import soundfile as sf
+        from mmtransfer.io import audio_seconds
 
-        try:
-            info = sf.info(io.BytesIO(self.data))
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"cannot read the audio header of {self.name}: {_reason(err)}") from None
-        return info.frames / info.samplerate
-
-
-def _reason(err: Exception) -> str:
-    """soundfile's message names the in-memory file by its repr (an address): keep only libsndfile's reason, so
-    the same bad sample gives the same skip message every time."""
-    return getattr(err, "error_string", None) or type(err).__name__
+        return audio_seconds(self.data, self.name)
 
 
 class Source:

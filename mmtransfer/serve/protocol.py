@@ -13,19 +13,17 @@ import binascii
 import io
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmtransfer.chat import Message, check_conversation
 from mmtransfer.data.sources import AUDIO_EXTS
 from mmtransfer.errors import InputError
-from mmtransfer.io import load_image
+from mmtransfer.io import decode_image, load_image, read_audio
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -151,17 +149,11 @@ def _image(url: str, where: str, media_dir: Path | None) -> Image.Image:
 
 
 def _decode_image(data: bytes, where: str) -> Image.Image:
-    """Bytes -> an RGB image, refusing decompression bombs as ``load_image`` does for files."""
+    """Bytes -> an RGB image, through the decoder files and shards use (it refuses decompression bombs)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"{where}: the image is too large to decode ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return decode_image(io.BytesIO(data), "(inline)")
+    except InputError as err:
         raise InputError(f"{where}: the image does not decode: {err}") from None
-    return load_image(image)
 
 
 def local_file(ref: str, where: str, media_dir: Path | None) -> Path:
@@ -184,10 +176,10 @@ def _audio(spec: Any, where: str) -> dict[str, Any]:
     if fmt not in AUDIO_EXTS:
         raise InputError(f"{where}: audio format {fmt!r} is not one of {', '.join(AUDIO_EXTS)}")
     try:
-        frames, rate = sf.read(io.BytesIO(_b64(spec["data"], where)), dtype="float32", always_2d=True)  # [T, C]
-    except (RuntimeError, TypeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
+        wave, rate = read_audio(_b64(spec["data"], where), f"{where} ({fmt})")
+    except InputError as err:
         raise InputError(f"{where}: the {fmt} audio does not decode: {err}") from None
-    return {"type": "audio", "audio": frames.mean(axis=1), "sample_rate": rate}
+    return {"type": "audio", "audio": wave, "sample_rate": rate}
 
 
 def completion_id() -> str:

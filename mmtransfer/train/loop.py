@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             print(f"[{row.dataset}] reference: {row.reference!r}  prediction: {row.prediction!r}")
         if data.skipped:
             print(f"{data.skipped} training samples were skipped (see the messages above)")
-    acc.end_training()  # closes the trackers (on every rank: they start on the main process only)
+    tracking.finish(acc)
     return metrics
 
 

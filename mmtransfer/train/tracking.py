@@ -69,6 +69,14 @@ def start(acc: Accelerator, cfg: TrainConfig) -> None:
                                    "mlflow": {"run_name": name}, "tensorboard": {}})
 
 
+def finish(acc: Accelerator) -> None:
+    """Close the trackers (not ``acc.end_training()``: it also destroys the process group, which a later run in the
+    same processes, such as a resume, still needs)."""
+    for tracker in acc.trackers:
+        tracker.finish()
+    acc.trackers.clear()
+
+
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """A nested recipe -> ``{"optim.lr": 0.001, "data.0.task": "captioning", ...}``; every value a scalar or a str
     (TensorBoard's hparams and MLflow's params take nothing else)."""
