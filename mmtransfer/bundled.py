@@ -8,6 +8,7 @@ file you write resolves them against its own directory.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mmtransfer.errors import MissingFileError
@@ -42,8 +43,12 @@ def is_bundled(path: Path) -> bool:
 
 
 def recipe_summary(path: Path) -> str:
-    """The first comment line of a recipe (what it does), or ''."""
+    """The first sentence of a recipe's opening comment (what it does), or ''."""
+    lines = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    end = re.search(r"[.!?](\s|$)", text)
+    return text[: end.start() + 1] if end else text

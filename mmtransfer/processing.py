@@ -104,7 +104,9 @@ class Processor:
         spec = modality(part["type"])
         if spec.encoder not in self.encoders:
             takes = sorted(self.encoders) or "text only"
-            raise InputError(f"this model has no {spec.encoder} encoder for a {part['type']} part; it takes {takes}")
+            article = "an" if part["type"][0] in "aeiou" else "a"
+            raise InputError(f"this model has no {spec.encoder} encoder for {article} {part['type']} part; "
+                             f"it takes {takes}")
         return [self.placeholder_ids[spec.encoder]] * spec.count(self.video_frames)
 
     def load(self, part: dict[str, Any], sample_rate: int | None = None) -> list[Any]:

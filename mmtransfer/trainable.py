@@ -7,6 +7,8 @@ and, for the decoder, ``lora`` (peft LoRA adapters train, the base stays frozen)
 
 from __future__ import annotations
 
+import warnings
+
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from torch import nn
@@ -60,7 +62,9 @@ def add_lora(decoder: nn.Module, cfg: LoraConfig) -> nn.Module:
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in decoder.modules()),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(decoder, peft_cfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing: not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(decoder, peft_cfg)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

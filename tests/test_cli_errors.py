@@ -64,6 +64,26 @@ def test_config_errors_are_one_line(tmp_path: Path, override: str, message: str,
     assert not (tmp_path / "out").exists()
 
 
+def test_two_datasets_of_one_task_need_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    both = [{"task": "captioning", "train": "train.jsonl"}] * 2
+    recipe = _recipe(tmp_path, data=both)
+    line = _error(["train", str(recipe)], capsys)
+    assert line == (f"{recipe}: data: dataset names must differ (set 'name' when two share a task), got "
+                    "['captioning', 'captioning']")
+    loaded = _loaded_after(recipe).split()  # refused with the recipe, before the loop (and its decoder) loads
+    assert "mmtransfer.train.config" in loaded and "mmtransfer.train.loop" not in loaded and "torch" not in loaded
+
+
+def _loaded_after(recipe: Path) -> str:
+    """The modules loaded by checking ``recipe`` through the CLI in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from mmtransfer.cli import main; main(['train', {str(recipe)!r}]); "
+            "print(' '.join(sorted(sys.modules)))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+
+
 def test_data_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = _recipe(tmp_path)
     (tmp_path / "empty.jsonl").write_text("")

@@ -42,3 +42,14 @@ def test_a_recipe_error_is_reported_before_torch_loads(override: str) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("mmtransfer: error: captioning-tiny: "), done.stderr
     assert "HEAVY []" in done.stdout, done.stdout[-500:]
+
+
+@pytest.mark.parametrize("argv", [[]] + [[name] for name in _subcommands()], ids=lambda argv: " ".join(argv) or "top")
+def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """No reStructuredText markup (double backquotes, backticks) in what --help prints."""
+    from mmtransfer.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    out = capsys.readouterr().out
+    assert "usage: mmtransfer" in out and "`" not in out, out

@@ -141,3 +141,12 @@ def test_lora_adapters_frozen_by_one_stage_train_again_in_a_later_lora_stage() -
     assert not any(p.requires_grad for p in model.decoder.parameters())
     model.set_trainable(TrainableConfig(decoder="lora"))
     assert {n for n, p in model.decoder.named_parameters() if p.requires_grad} == lora
+
+
+def test_building_and_loading_a_lora_model_warns_nothing(tmp_path) -> None:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``; users should not see that on every load."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        mmtransfer.build_model(tiny_model_config(trainable={"decoder": "lora"})).save_pretrained(tmp_path / "m")
+        mmtransfer.load(tmp_path / "m")
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]

@@ -164,6 +164,9 @@ def _validate(cfg: TrainConfig, where: str) -> None:
                           "reads each row's last position")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"{where}: precision: '{cfg.precision}' is not auto, fp32, bf16 or fp16")
+    names = [ds.name or ds.task for ds in cfg.data]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: data: dataset names must differ (set 'name' when two share a task), got {names}")
     for i, ds in enumerate(cfg.data):
         if ds.on_error not in ("skip", "raise"):
             raise ConfigError(f"{where}: data[{i}].on_error: '{ds.on_error}' is not skip or raise")

@@ -19,7 +19,7 @@ from mmtransfer.data import (
     read_manifest,
 )
 from mmtransfer.data.conversations import read_conversations
-from mmtransfer.errors import ConfigError, DataError
+from mmtransfer.errors import DataError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
@@ -113,9 +113,7 @@ class TrainData:
 
 def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size: int = 1) -> TrainData:
     """Read every manifest (bad lines reported and skipped, or raised, per ``on_error``) and build loaders."""
-    names = [ds.name or ds.task for ds in cfg.data]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"data: dataset names must differ (set 'name' when two share a task), got {names}")
+    names = [ds.name or ds.task for ds in cfg.data]  # distinct: checked with the recipe (train.config)
     loaders, weights, eval_sets = {}, {}, {}
     for name, ds in zip(names, cfg.data):
         task = get_task(ds.task)
