@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint")
     ev.add_argument("--task", required=True, help="captioning | vqa | asr | classification | chat")
     ev.add_argument("--data", required=True, help="JSONL manifest (chat: messages JSONL, LLaVA or ShareGPT file)")
+    ev.add_argument("--media-root", default=None, help="the folder the data file's media paths resolve in "
+                    "(default: the data file's own)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--limit", type=int, default=None, help="evaluate the first N samples only")
@@ -183,7 +185,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     require(task.scorers, f"evaluating {task.name}")
     model = mmtransfer.load(args.checkpoint, device=args.device)
     labels = model.config.labels if task.api == "classify" else None
-    samples = list(read_manifest(args.data, task, labels=labels))[: args.limit]
+    samples = list(read_manifest(args.data, task, labels=labels, media_root=args.media_root))[: args.limit]
     if not samples:
         raise DataError(f"{args.data}: no usable samples to evaluate (every line was skipped: see the messages above)")
     audio = dict(model.encoders.items()).get("audio")

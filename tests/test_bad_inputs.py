@@ -234,7 +234,7 @@ CASES: dict[str, list[Case]] = {
         Case("not an image", _img("not_an_image.jpg"), "dataset", "cannot identify image file"),
         Case("decompression bomb", _img("bomb.png"), "dataset", "too large to decode"),
         Case("over the pixel limit", _img("big.png"), "dataset", "too large to decode"),
-        Case("path escapes the root", _img("../../outside.png"), "manifest", "escapes the manifest's directory"),
+        Case("path escapes the root", _img("../../outside.png"), "manifest", "escapes the media root"),
         Case("absolute path outside", {"image": "/etc/passwd", "text": "x"}, "manifest", "escapes"),
         Case("empty text", _img("good.png", ""), "manifest", "'text' is empty"),
         Case("whitespace-only text", _img("good.png", " \t\u3000 "), "manifest", "'text' is empty"),

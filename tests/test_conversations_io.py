@@ -151,7 +151,7 @@ BAD = [
     ("messages", msgs(USER, {"role": "assistant", "content": [{"type": "image", "image": "img/a.png"}]}),
      ["message 2", "image part in the assistant turn"]),
     ("messages", msgs({"role": "user", "content": [{"type": "image", "image": "../outside.png"}]}, REPLY),
-     ["escapes the manifest's directory"]),
+     ["escapes the media root"]),
     ("messages", msgs({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "img/a.png"}}]},
                       REPLY), ["unknown part type 'image_url'", "text, image, audio, video"]),
     ("messages", msgs({"role": "user", "content": [text("  ")]}, REPLY), ["message 1", "empty content"]),

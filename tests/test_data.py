@@ -96,8 +96,8 @@ BAD_LINES = [
     ({"image": "img/a.png", "text": 3}, "'text' must be a string"),
     ({"image": "img/a.png", "text": "x", "captions": ["y"]}, "alias 'captions'"),
     ({"image": "img/missing.png", "text": "x"}, "image file not found: img/missing.png"),
-    ({"image": "../outside.png", "text": "x"}, "escapes the manifest's directory"),
-    ({"image": "img/../../outside.png", "text": "x"}, "escapes the manifest's directory"),
+    ({"image": "../outside.png", "text": "x"}, "escapes the media root"),
+    ({"image": "img/../../outside.png", "text": "x"}, "escapes the media root"),
 ]
 
 
@@ -420,3 +420,37 @@ def test_each_audio_clip_is_decoded_once(tmp_path: Path, model: mmtransfer.Multi
     decoded.clear()
     model.transcribe(files, max_new_tokens=2)
     assert sorted(decoded) == files
+
+
+def test_media_root_lets_manifests_live_apart_from_their_media(tmp_path: Path) -> None:
+    """Images kept in one folder, manifests and conversation files in another: ``media_root`` is where media paths
+    resolve and must stay; without it they escape the data file's folder and are skipped."""
+    from mmtransfer.data.conversations import read_conversations
+    from mmtransfer.train import load_train_config
+
+    media, lists = tmp_path / "media", tmp_path / "lists"
+    (media / "img").mkdir(parents=True)
+    lists.mkdir()
+    Image.new("RGB", (8, 8)).save(media / "img" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    rows = [{"image": "img/a.png", "text": "relative"}, {"image": str(media / "img" / "a.png"), "text": "absolute"},
+            {"image": str(tmp_path / "outside.png"), "text": "outside the root"}]
+    (lists / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = read_manifest(lists / "train.jsonl", "captioning", media_root=media)
+    assert [s["text"] for s in kept] == [["relative"], ["absolute"]]
+    assert [s["image"] for s in kept] == [str(media / "img" / "a.png")] * 2
+    assert kept.skipped[0].line == 3
+    assert f"escapes the media root {media}" in kept.skipped[0].reason
+    assert [s["text"] for s in read_manifest(lists / "train.jsonl", "captioning")] == []  # every path escapes lists/
+    chat = [{"messages": [{"role": "user", "content": [{"type": "image", "image": "img/a.png"}, {"type": "text",
+                                                                                               "text": "what?"}]},
+                          {"role": "assistant", "content": "black"}]}]
+    (lists / "chat.jsonl").write_text(json.dumps(chat[0]) + "\n")
+    [sample] = read_conversations(lists / "chat.jsonl", media_root=media)
+    assert sample["messages"][0]["content"][0]["image"] == str(media / "img" / "a.png")
+    assert len(read_conversations(lists / "chat.jsonl")) == 0
+    recipe = tmp_path / "recipes" / "r.yaml"  # a recipe's media_root is relative to the recipe, like its manifests
+    recipe.parent.mkdir()
+    recipe.write_text(f"model: {{decoder: {{model: gpt2}}}}\nstages: [{{name: s, steps: 1}}]\n"
+                      f"data: [{{task: captioning, train: ../lists/train.jsonl, media_root: ../media}}]\n")
+    assert load_train_config(recipe).data[0].media_root == str(media)

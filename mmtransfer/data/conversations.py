@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmtransfer.chat import ROLES, check_conversation, parts
-from mmtransfer.data.manifest import Manifest, Skip, _media_path, check_on_error, report
+from mmtransfer.data.manifest import Manifest, Skip, _media_path, check_on_error, media_root_of, report
 from mmtransfer.errors import ConfigError, MissingFileError
 from mmtransfer.modalities import MODALITIES
 
@@ -53,7 +53,8 @@ def check_trainable(messages: list[dict]) -> None:
 
 
 def read_conversations(
-    path: str | os.PathLike, fmt: str = "auto", *, on_error: str = "skip", check: bool = True
+    path: str | os.PathLike, fmt: str = "auto", *, on_error: str = "skip", check: bool = True,
+    media_root: str | os.PathLike | None = None,
 ) -> Manifest:
     """Read every record of a conversation file into normalised samples (``source`` = file, number).
 
@@ -69,7 +70,8 @@ def read_conversations(
 
     A bad record (malformed JSON, not an object, not UTF-8, a lone surrogate, a check that fails, and with
     ``check`` no assistant turn) is left out and recorded in ``Manifest.skipped``, or raises ``DataError``
-    under ``on_error="raise"``. A file that cannot be opened raises MissingFileError.
+    under ``on_error="raise"``. A file that cannot be opened raises MissingFileError. Media paths resolve against,
+    and must stay inside, ``media_root`` (default: the file's folder).
     """
     check_on_error(on_error)
     if fmt not in FORMATS:
@@ -82,7 +84,7 @@ def read_conversations(
     is_array = path.suffix.lower() == ".json" and re.match(rb"\s*\[", data) is not None
     records = _array_records(data) if is_array else _jsonl_records(data)
     fmt = _detect(records) if fmt == "auto" else fmt
-    root = os.path.normpath(os.path.abspath(path.parent))
+    root = media_root_of(path, media_root)
     manifest = Manifest(path)
     for number, record in records:
         try:

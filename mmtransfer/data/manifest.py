@@ -83,9 +83,10 @@ def read_manifest(
     labels: Collection[str] | None = None,
     on_error: str = "skip",
     max_audio_seconds: float | None = None,
+    media_root: str | os.PathLike | None = None,
 ) -> Manifest:
     """Read and check every line. A bad line (malformed JSON, missing or empty field, a media path that
-    escapes the manifest's directory or does not exist, a label not in ``labels``, unreadable audio header,
+    escapes the media root (``media_root``, default: the manifest's directory) or does not exist, a label not in ``labels``, unreadable audio header,
     audio longer than ``max_audio_seconds``) is skipped and recorded in ``Manifest.skipped``, or raises
     ``DataError`` with ``on_error="raise"``. For the ``chat`` task the file is a conversation file, read by
     ``mmtransfer.data.conversations.read_conversations`` (format told apart automatically).
@@ -98,9 +99,9 @@ def read_manifest(
     if task.api == "chat":  # conversations have their own reader (messages, LLaVA, ShareGPT)
         from mmtransfer.data.conversations import read_conversations
 
-        return read_conversations(path, on_error=on_error)
+        return read_conversations(path, on_error=on_error, media_root=media_root)
     path = Path(path)
-    root = os.path.normpath(os.path.abspath(path.parent))
+    root = media_root_of(path, media_root)
     manifest = Manifest(path)
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
@@ -155,11 +156,18 @@ def _parse(
     return sample
 
 
+def media_root_of(data_file: Path, media_root: str | os.PathLike | None) -> str:
+    """The folder a data file's media paths resolve against and must stay inside: ``media_root`` when given (one
+    place for the images of many manifests), else the data file's own folder."""
+    return os.path.normpath(os.path.abspath(media_root if media_root is not None else data_file.parent))
+
+
 def _media_path(value: str, root: str, modality: str) -> str:
     """Resolve against ``root`` lexically (symlinks inside the root are trusted) and check it stays inside."""
     resolved = os.path.normpath(os.path.join(root, value))  # an absolute ``value`` replaces ``root``
     if os.path.commonpath([root, resolved]) != root:
-        raise ValueError(f"{modality} path '{value}' escapes the manifest's directory")
+        raise ValueError(f"{modality} path '{value}' escapes the media root {root} (the data file's folder, or the "
+                         "dataset's media_root)")
     if not os.path.isfile(resolved):
         raise ValueError(f"{modality} file not found: {value}")
     return resolved

@@ -41,6 +41,7 @@ class DatasetConfig:
     shuffle_buffer: int = 1000  # streaming: records shuffled in a seeded buffer per worker (0: shard order only)
     train_split: str = "train"  # hf: the split of a DatasetDict directory or hub dataset for training
     eval_split: str = "validation"  # hf: ... and for evaluation
+    media_root: str | None = None  # JSONL / conversations: media paths resolve inside this folder (default: the file's)
 
 
 @dataclass
@@ -116,6 +117,7 @@ def load_train_config(recipe: str | Path, overrides: list[str] = ()) -> TrainCon
     for ds in cfg.data:
         ds.train = _resolve_data(base, ds.train, ds.source)
         ds.eval = _resolve_data(base, ds.eval, ds.source) if ds.eval else None
+        ds.media_root = _resolve(base, ds.media_root) if ds.media_root else None
     cfg.output_dir = _resolve(base, cfg.output_dir)
     cfg.init_from = _resolve(base, cfg.init_from) if cfg.init_from else None
     cfg.feature_cache = _resolve(base, cfg.feature_cache) if cfg.feature_cache else None

@@ -135,10 +135,10 @@ def _dataset(
     if ds.source != "jsonl":  # an eval split of a streaming source: its first samples, in memory
         manifest = _stream_samples(ds, task, model, path, limit, split=ds.train_split if train else ds.eval_split)
     elif task.api == "chat":
-        manifest = read_conversations(path, ds.format, on_error=ds.on_error)
+        manifest = read_conversations(path, ds.format, on_error=ds.on_error, media_root=ds.media_root)
     else:
         manifest = read_manifest(path, task, labels=_labels(task, model), on_error=ds.on_error,
-                                 max_audio_seconds=ds.max_audio_seconds)
+                                 max_audio_seconds=ds.max_audio_seconds, media_root=ds.media_root)
     samples = list(manifest)[:limit] if limit else list(manifest)
     if not samples:
         raise DataError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
