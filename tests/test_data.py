@@ -451,6 +451,6 @@ def test_media_root_lets_manifests_live_apart_from_their_media(tmp_path: Path) -
     assert len(read_conversations(lists / "chat.jsonl")) == 0
     recipe = tmp_path / "recipes" / "r.yaml"  # a recipe's media_root is relative to the recipe, like its manifests
     recipe.parent.mkdir()
-    recipe.write_text(f"model: {{decoder: {{model: gpt2}}}}\nstages: [{{name: s, steps: 1}}]\n"
-                      f"data: [{{task: captioning, train: ../lists/train.jsonl, media_root: ../media}}]\n")
+    recipe.write_text("model: {decoder: {model: gpt2}}\nstages: [{name: s, steps: 1}]\n"
+                      "data: [{task: captioning, train: ../lists/train.jsonl, media_root: ../media}]\n")
     assert load_train_config(recipe).data[0].media_root == str(media)

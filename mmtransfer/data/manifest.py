@@ -86,7 +86,8 @@ def read_manifest(
     media_root: str | os.PathLike | None = None,
 ) -> Manifest:
     """Read and check every line. A bad line (malformed JSON, missing or empty field, a media path that
-    escapes the media root (``media_root``, default: the manifest's directory) or does not exist, a label not in ``labels``, unreadable audio header,
+    escapes the media root (``media_root``, default: the manifest's directory) or does not exist, a label not
+    in ``labels``, unreadable audio header,
     audio longer than ``max_audio_seconds``) is skipped and recorded in ``Manifest.skipped``, or raises
     ``DataError`` with ``on_error="raise"``. For the ``chat`` task the file is a conversation file, read by
     ``mmtransfer.data.conversations.read_conversations`` (format told apart automatically).
