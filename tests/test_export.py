@@ -20,7 +20,7 @@ from mmtransfer.errors import ConfigError
 from mmtransfer.export import export
 from mmtransfer.export import hf as export_hf
 from tests.tiny import TINY_ENCODER_KWARGS
-from tests.tiny_models import tiny_model_config
+from tests.tiny_models import CHATML, chatml_model_config, tiny_model_config
 
 TOL = 1e-5
 OPEN_CLIP = {"name": "open_clip", **TINY_ENCODER_KWARGS["open_clip"]}
@@ -126,6 +126,43 @@ def test_processor_gives_our_pixels_and_image_tokens(exported: tuple[Any, Any, P
     generated = loaded.generate(**inputs, max_new_tokens=8, do_sample=False)[:, inputs["input_ids"].shape[1]:]
     assert processor.batch_decode(generated, skip_special_tokens=True)[0].strip() == model.chat(
         conversations([picture, picture])[1], max_new_tokens=8)
+
+
+def _prompted_like_any_hf_model(model: mmtransfer.MultimodalGPT, out: Path) -> None:
+    """The standard content parts through the export's chat template and processor give our ids and our answer."""
+    processor = AutoProcessor.from_pretrained(out)
+    loaded = AutoModelForImageTextToText.from_pretrained(out).eval()
+    picture = images(2)[1]
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "Describe the picture in a few words please."}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=[picture], text=[prompt], return_tensors="pt")
+    ours = [conversation[0], {"role": "user", "content": [{"type": "image", "image": picture},
+                                                          conversation[1]["content"][1]]}]
+    batch = model.processor([ours], add_generation_prompt=True)
+    cfg = loaded.config
+    expected = llava_inputs(batch, cfg.image_token_id, cfg.image_seq_length, model.tokenizer.pad_token_id)
+    assert inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+    generated = loaded.generate(**inputs, max_new_tokens=8, do_sample=False)[:, inputs["input_ids"].shape[1]:]
+    assert processor.batch_decode(generated, skip_special_tokens=True)[0].strip() == model.chat(
+        ours, max_new_tokens=8)
+    assert processor.apply_chat_template([{"role": "user", "content": "hi"}]) == processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}])  # string content still renders
+
+
+def test_the_export_takes_standard_content_parts(exported: tuple[Any, Any, Path]) -> None:
+    model, _, out = exported  # our plain template
+    _prompted_like_any_hf_model(model, out)
+
+
+def test_the_export_keeps_a_jinja_chat_template(tmp_path: Path) -> None:
+    """SmolLM2-Instruct's ChatML template, behind the preamble that turns content parts into strings."""
+    torch.manual_seed(0)
+    cfg = chatml_model_config(tmp_path / "tok", "llama")
+    cfg.pop("audio_encoder"), cfg.pop("audio_projector")
+    model = mmtransfer.build_model(cfg).eval()
+    assert model.processor.template == CHATML
+    _prompted_like_any_hf_model(model, export(model, tmp_path / "hf"))
 
 
 def test_placeholder_rows_are_zero_and_suppressed(exported: tuple[Any, Any, Path]) -> None:

@@ -195,6 +195,7 @@ def _save_processor(model: MultimodalGPT, tower: Tower, folder: Path) -> None:
         image_processor=TimmWrapperImageProcessor(pretrained_cfg=tower.pretrained_cfg), tokenizer=model.tokenizer,
         patch_size=tower.patch_size, vision_feature_select_strategy=tower.strategy,
         num_additional_image_tokens=tower.extra_tokens, image_token=PLACEHOLDERS["image"],
+        chat_template=chat_template(model.processor.template),
     )
     processor.save_pretrained(folder)
     # transformers writes the image processor's resolved ``data_config`` but rebuilds it from ``pretrained_cfg``
@@ -202,6 +203,33 @@ def _save_processor(model: MultimodalGPT, tower: Tower, folder: Path) -> None:
     data = json.loads(path.read_text())
     data["image_processor"]["pretrained_cfg"] = data["image_processor"]["data_config"]
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# Content parts -> one string per message, as LLaVA's and Idefics' processors take them: an image part becomes
+# ``<image>`` where it stands, text parts their text. Jinja, since the template travels in the export's files.
+_PARTS_TO_STRINGS = (
+    "{%- set ns = namespace(messages=[]) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['content'] is string -%}{%- set ns.messages = ns.messages + [m] -%}"
+    "{%- else -%}{%- set text = namespace(s='') -%}"
+    "{%- for p in m['content'] -%}"
+    "{%- if p['type'] == 'image' -%}{%- set text.s = text.s + '" + PLACEHOLDERS["image"] + "' -%}"
+    "{%- elif p['type'] == 'text' -%}{%- set text.s = text.s + p['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set ns.messages = ns.messages + [{'role': m['role'], 'content': text.s}] -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set messages = ns.messages -%}"
+)
+# Our plain template (``mmtransfer.chat``): the turns' contents one after another, EOS after each assistant turn.
+# BOS is left to the tokenizer, which adds it when it is one that does (as ours renders).
+_PLAIN = ("{%- for m in messages -%}{{ m['content'] }}{%- if m['role'] == 'assistant' -%}{{ eos_token }}"
+          "{%- endif -%}{%- endfor -%}")
+
+
+def chat_template(template: str | None) -> str:
+    """The export's chat template: ``template`` (None: our plain one) behind a preamble that turns the standard
+    content parts (``[{"type": "image"}, {"type": "text", "text": ...}]``) into the strings it renders."""
+    return _PARTS_TO_STRINGS + (template if template is not None else _PLAIN)
 
 
 @torch.inference_mode()
