@@ -238,8 +238,10 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         loss, per_sample = packed_loss(out.logits, packed, keep)
         return Output(loss, out.logits, overflow, sample_loss=per_sample)
 
-    def sequence_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Sum of log-probabilities of each row's target tokens: [B]. Used to score label words."""
+    def sequence_logprobs(self, batch: dict[str, Any], greedy: bool = False
+                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Sum of log-probabilities of each row's target tokens: [B] (label words, lmms-eval's log-likelihood).
+        ``greedy``: also whether greedy decoding gives every target token, [B] bool."""
         embeds, mask, positions, labels = self.embed(
             batch["input_ids"], batch["attention_mask"], batch["labels"],
             image=batch.get("image"), audio=batch.get("audio"),
@@ -248,7 +250,10 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         logits, labels = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
         keep = labels != IGNORE_INDEX
         logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (logp * keep).sum(1)
+        total = (logp * keep).sum(1)
+        if not greedy:
+            return total
+        return total, ((logits.argmax(-1) == labels) | ~keep).all(1)
 
     def save_pretrained(self, directory: str, trainable_only: bool = False) -> None:
         """Write config.json + model.safetensors + tokenizer files + a README.md card; see ``mmtransfer.saving``."""
