@@ -363,3 +363,13 @@ def test_serve_command_binds_localhost_by_default(tmp_path: Path, monkeypatch: p
     mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "my-run" / "final")
     assert main(["serve", str(tmp_path / "my-run" / "final")]) == 0
     assert calls[-1][0].state.settings.model_name == "my-run"  # a run's final/ is served as the run
+
+
+def test_decode_errors_name_no_python_objects(served: Served) -> None:
+    """A bad inline image or clip is named by where it is in the request, never by an in-memory file's repr."""
+    for part in ({"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF nonsense").decode(),
+                                                          "format": "wav"}},
+                 {"type": "image_url", "image_url": {"url": "data:image/png;base64," +
+                                                     base64.b64encode(b"not a png").decode()}}):
+        message = post(served, body([part, text("hi")])).json()["error"]["message"]
+        assert "does not decode" in message and "object at 0x" not in message and "BytesIO" not in message, message
