@@ -15,6 +15,9 @@ Sections (``--sections``, comma-separated; all by default):
 * ``cache``: one epoch through the real data pipeline (files on disk -> dataset -> collator -> step) with
   no feature cache, with a cold cache (epoch 1) and a warm one (epoch 2+), the decoder fully trained or
   with LoRA, and with a ViT-B encoder; a VED epoch over the same files, and the rate of a whole 10-epoch run;
+* ``projectors``: every projector (MLP over all 197 tokens, pixel shuffle, average pool, LDP, bilinear pool to
+  4x4, the resampler) in one table: prefix tokens, training samples/s cold and from a warm feature cache, greedy
+  and beam-4 tokens/s at batch 32, each against VED measured in the same section;
 * ``generate``: new tokens/s and latency, batch 1 and 32, greedy and beam 4, 20 new tokens each;
 * ``loop``: the decoding loop alone (images encoded beforehand), batch 32 greedy, 20 and 60 new tokens;
 * ``mfu``: a training step of a SmolLM2-135M-sized decoder (full fine-tune, 8 x 256 tokens): model
@@ -63,6 +66,15 @@ SMOLLM2 = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
            "rope_theta": 100000.0, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
 VIT_S = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6}
 RESAMPLER_32 = {"name": "resampler", "num_queries": 32}
+# The token-compressing projectors on ViT-S/16's 14x14 patch grid (the encoder passes the patch tokens).
+GRID_PROJECTORS = {
+    "MLP, every patch token": {"name": "mlp"},
+    "pixel shuffle r=2": {"name": "pixel_shuffle", "factor": 2},
+    "2x2 average pool": {"name": "pool", "size": 7},
+    "LDP": {"name": "ldp"},
+    "bilinear pool to 4x4": {"name": "pool", "size": 4, "mode": "bilinear"},
+    "resampler, 32 queries": RESAMPLER_32,
+}
 VIT_B = {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12}
 WHISPER_TINY = {"d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536,
                 "num_mel_bins": 80, "max_source_positions": 1500}
@@ -381,6 +393,54 @@ def section_cache(b: Bench, res: Results, batch_size: int, epochs: int = 10) -> 
             ratio_vs_ved=round(whole / ved, 2))
 
 
+def section_projectors(b: Bench, res: Results, batch_size: int) -> None:
+    """One table for the projectors: prefix tokens, training samples/s (the encoder run every step, and from a warm
+    feature cache), greedy and beam-4 new tokens/s at batch 32, each against VED measured in the same call."""
+    from _peers import build_ved, vit_config
+
+    bs = batch_size
+    ved = build_ved(vit_config(VIT_S), DECODER).to(b.device)
+    models = {name: ours_captioner(projector=cfg).to(b.device) for name, cfg in GRID_PROJECTORS.items()}
+    any_model = next(iter(models.values()))
+    batch = to(any_model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+               b.device)
+    pixels = batch["image"]["pixel_values"]
+    labels, _ = peer_labels(any_model, captions(bs), b.device)
+    ved_train = bs / b.time(b.train_step(ved, lambda: ved(pixel_values=pixels, labels=labels).loss))
+    gen_batch = to(any_model.processor.from_prompts(["<image>Caption:"] * 32, images=images(32)), b.device)
+    gen_pixels = gen_batch["image"]["pixel_values"]
+    ved.eval().generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
+    fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
+    ved_gen = {}
+    with torch.inference_mode(), b.autocast():
+        for beams in (1, 4):
+            ved_gen[beams] = 32 * NEW_TOKENS / b.time(
+                lambda beams=beams: ved.generate(pixel_values=gen_pixels, num_beams=beams, do_sample=False, **fixed),
+                warmup=0, repeat=max(1, b.repeat // 2))
+    task = f"projectors: captioning, ViT-S/16 224 px frozen, decoder 6x512; train bs {bs}, generate bs 32"
+    for name, model in models.items():
+        with torch.no_grad():
+            tokens = model.encode("image", batch["image"])[0].shape[1]
+        cold = bs / b.time(b.train_step(model, lambda model=model: model(**batch).loss))
+        cached = dict(batch, image=cached_features(model, batch))
+        warm = bs / b.time(b.train_step(model, lambda model=model, cached=cached: model(**cached).loss))
+        model.eval()
+        gen = {}
+        with torch.inference_mode(), b.autocast():
+            for beams in (1, 4):
+                gen[beams] = 32 * NEW_TOKENS / b.time(
+                    lambda model=model, beams=beams: model._generate_batch(
+                        gen_batch, num_beams=beams, do_sample=False, temperature=1.0, top_p=1.0, **fixed),
+                    warmup=0, repeat=max(1, b.repeat // 2))
+        res.add(task, f"ours, {name}", bs, None, "train samples/s (cold)", cold, f"VED: {ved_train:.2f}",
+                prefix_tokens=tokens, cold_vs_ved=round(cold / ved_train, 2), warm_samples_s=round(warm, 2),
+                warm_vs_ved=round(warm / ved_train, 2), greedy_tok_s=round(gen[1], 1),
+                greedy_vs_ved=round(gen[1] / ved_gen[1], 2), beam4_tok_s=round(gen[4], 1),
+                beam4_vs_ved=round(gen[4] / ved_gen[4], 2))
+    res.add(task, "HF VisionEncoderDecoderModel", bs, None, "train samples/s (cold)", ved_train, "",
+            greedy_tok_s=round(ved_gen[1], 1), beam4_tok_s=round(ved_gen[4], 1))
+
+
 def section_generate(b: Bench, res: Results) -> None:
     from _peers import build_clipcap, build_ved, clipcap_generate_beam, clipcap_generate_greedy, vit_config
 
@@ -612,7 +672,7 @@ def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> N
 
 # ------------------------------------------------------------------------------------------------ main
 
-SECTIONS = ("peak", "mfu", "memory", "profile", "train", "cache", "generate", "loop", "scaling")
+SECTIONS = ("peak", "mfu", "memory", "profile", "train", "cache", "generate", "projectors", "loop", "scaling")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -650,6 +710,8 @@ def main(argv: list[str] | None = None) -> None:
             section_cache(b, res, args.batch_size)
         elif name == "generate":
             section_generate(b, res)
+        elif name == "projectors":
+            section_projectors(b, res, args.batch_size)
         elif name == "loop":
             section_loop(b, res)
         elif name == "mfu":
