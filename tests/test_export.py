@@ -218,6 +218,8 @@ REFUSED = {
     "audio encoder": (tiny_model_config(), "audio_encoder: 'fbank'"),
     "resampler": (image_config(image_projector={"name": "resampler", "num_queries": 4}),
                   "image_projector: 'resampler'"),
+    "pixel shuffle": (image_config(image_projector={"name": "pixel_shuffle", "factor": 2}),
+                      "image_projector: 'pixel_shuffle' has no transformers equivalent: Idefics3's connector"),
     "clipcap mapper": (image_config(image_projector={"name": "transformer", "prefix_len": 4}),
                        "image_projector: 'transformer'"),
     "narrow mlp": (image_config(image_projector={"name": "mlp", "hidden_dim": 48}),

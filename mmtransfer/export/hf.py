@@ -47,7 +47,7 @@ from mmtransfer.errors import ConfigError
 from mmtransfer.export.towers import Tower, convert_tower
 from mmtransfer.modalities import PLACEHOLDERS
 from mmtransfer.model import MultimodalGPT
-from mmtransfer.projectors import MLP, Linear
+from mmtransfer.projectors import MLP, Linear, PixelShuffle
 
 CLASSES = {"llava": "LlavaForConditionalGeneration", "fast_vlm": "FastVlmForConditionalGeneration"}
 
@@ -98,6 +98,10 @@ def _check_parts(model: MultimodalGPT) -> None:
         raise ConfigError("classifier: 'head' adds a classification head that LLaVA has no place for")
     projector, width = model.projectors["image"], hidden_size(model.decoder)
     name = (model.config.image_projector or {}).get("name", type(projector).__name__)
+    if isinstance(projector, PixelShuffle):  # the one grid projector transformers has a class for
+        raise ConfigError(f"image_projector: '{name}' has no transformers equivalent: Idefics3's connector is a pixel "
+                          "shuffle and one bias-free linear layer behind its own SigLIP tower, and ours ends in an "
+                          "MLP; LLaVA's projector is linear -> activation -> linear on each token ('mlp', 'linear')")
     if not isinstance(projector, (MLP, Linear)):
         raise ConfigError(f"image_projector: '{name}' ({type(projector).__name__}) has no LLaVA equivalent; LLaVA's "
                           "projector is linear -> activation -> linear on each token (the 'mlp' and 'linear' ones)")
