@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a saved model on a task's JSONL manifest")
     ev.add_argument("checkpoint")
     ev.add_argument("--task", required=True, help="captioning | vqa | asr | classification | chat")
-    ev.add_argument("--data", required=True, help="JSONL manifest (chat: messages JSONL, LLaVA or ShareGPT file)")
+    ev.add_argument("--data", required=True, help="a JSONL manifest (chat: a messages JSONL, LLaVA or ShareGPT file); "
+                    "with --source webdataset: shards; with --source hf: a dataset directory, Parquet files or a name")
+    ev.add_argument("--source", default="jsonl", choices=("jsonl", "webdataset", "hf"),
+                    help="how --data is read, as a recipe's data source")
+    ev.add_argument("--split", default="validation", help="--source hf: the split to score")
+    ev.add_argument("--format", default="auto", help="--task chat: messages | llava | sharegpt | auto")
     ev.add_argument("--media-root", default=None, help="the folder the data file's media paths resolve in "
                     "(default: the data file's own)")
     ev.add_argument("--batch-size", type=int, default=16)
@@ -176,22 +181,26 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
     from mmtransfer import media_gain
-    from mmtransfer.data import TaskDataset, read_manifest
     from mmtransfer.errors import DataError
     from mmtransfer.extras import require
     from mmtransfer.tasks import get_task
+    from mmtransfer.train.config import DatasetConfig, check_dataset
+    from mmtransfer.train.data import eval_dataset
 
     task = get_task(args.task)
     require(task.scorers, f"evaluating {task.name}")
+    ds = DatasetConfig(task=task.name, train=args.data, eval=args.data, source=args.source, format=args.format,
+                       eval_split=args.split, media_root=args.media_root, max_eval_samples=args.limit)
+    check_dataset(ds, "--data")
     model = mmtransfer.load(args.checkpoint, device=args.device)
-    labels = model.config.labels if task.api == "classify" else None
-    samples = list(read_manifest(args.data, task, labels=labels, media_root=args.media_root))[: args.limit]
-    if not samples:
-        raise DataError(f"{args.data}: no usable samples to evaluate (every line was skipped: see the messages above)")
-    audio = dict(model.encoders.items()).get("audio")
-    rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
+    try:
+        dataset = eval_dataset(ds, model)
+    except DataError as err:
+        if "no usable samples" not in str(err):
+            raise
+        raise DataError(f"{args.data}: no usable samples to evaluate (every sample was skipped: see the messages "
+                        "above)") from None
     kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}
-    dataset = TaskDataset(samples, task, sample_rate=rate, video_frames=model.config.video_frames)
     metrics = media_gain.evaluate(model, task, dataset, args.batch_size, not args.no_media_gain, **kwargs)
     print(json.dumps(metrics, indent=2))
     for line in media_gain.warnings(metrics):

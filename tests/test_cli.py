@@ -54,6 +54,25 @@ def test_eval_command_on_conversations(tmp_path: Path, capsys: pytest.CaptureFix
         "gain/audio/exact_match"}
 
 
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_eval_reads_every_source_training_reads(tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same captions as a JSONL manifest, as WebDataset shards and as Parquet files: the same scores."""
+    pytest.importorskip("webdataset" if fmt == "webdataset" else "datasets")
+    data = write_all(tmp_path / "data", n_train=4, n_test=4)
+    mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "m")
+    manifest = data / "shapes" / "captions_test.jsonl"
+    common = ["--task", "captioning", "--max-new-tokens", "4", "--batch-size", "3"]
+    assert main(["eval", str(tmp_path / "m"), "--data", str(manifest), *common]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main(["make-shards", str(manifest), str(tmp_path / "shards"), "--task", "captioning", "--format", fmt,
+                 "--per-shard", "3"]) == 0
+    capsys.readouterr()
+    source = "webdataset" if fmt == "webdataset" else "hf"
+    assert main(["eval", str(tmp_path / "m"), "--data", str(tmp_path / "shards"), "--source", source,
+                 "--split", "train", *common]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected, abs=1e-5)
+
+
 def test_train_falls_back_loudly_when_weights_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_all(tmp_path / "data", n_train=16, n_test=4)
     tiny = yaml.safe_load((RECIPES / "captioning-tiny.yaml").read_text())

@@ -98,7 +98,7 @@ def test_eval_without_a_usable_sample_is_one_line(tmp_path: Path, capsys: pytest
     (tmp_path / "empty.jsonl").write_text("")
     line = _error(["eval", str(tmp_path / "model"), "--task", "captioning", "--data", str(tmp_path / "empty.jsonl")],
                   capsys)
-    assert line == f"{tmp_path / 'empty.jsonl'}: no usable samples to evaluate (every line was skipped: see the " \
+    assert line == f"{tmp_path / 'empty.jsonl'}: no usable samples to evaluate (every sample was skipped: see the " \
                    "messages above)"
 
 

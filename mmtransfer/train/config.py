@@ -170,15 +170,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: data: dataset names must differ (set 'name' when two share a task), got {names}")
     for i, ds in enumerate(cfg.data):
-        if ds.on_error not in ("skip", "raise"):
-            raise ConfigError(f"{where}: data[{i}].on_error: '{ds.on_error}' is not skip or raise")
-        if ds.weight <= 0:
-            raise ConfigError(f"{where}: data[{i}].weight: must be > 0")
-        if ds.loss_on not in LOSS_ON:
-            raise ConfigError(f"{where}: data[{i}].loss_on: '{ds.loss_on}' is not one of {', '.join(LOSS_ON)}")
-        if ds.format not in FORMATS:
-            raise ConfigError(f"{where}: data[{i}].format: '{ds.format}' is not one of {', '.join(FORMATS)}")
-        _validate_source(ds, f"{where}: data[{i}]")
+        check_dataset(ds, f"{where}: data[{i}]")
     _check_packages(cfg, where)
 
 
@@ -203,6 +195,19 @@ def _resolve(base: Path, value: str) -> str:
     """A path relative to ``base`` (absolute and ~ paths are kept)."""
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def check_dataset(ds: DatasetConfig, where: str) -> None:
+    """One dataset's fields (on_error, weight, loss_on, format, source keys), as a recipe's are checked."""
+    if ds.on_error not in ("skip", "raise"):
+        raise ConfigError(f"{where}.on_error: '{ds.on_error}' is not skip or raise")
+    if ds.weight <= 0:
+        raise ConfigError(f"{where}.weight: must be > 0")
+    if ds.loss_on not in LOSS_ON:
+        raise ConfigError(f"{where}.loss_on: '{ds.loss_on}' is not one of {', '.join(LOSS_ON)}")
+    if ds.format not in FORMATS:
+        raise ConfigError(f"{where}.format: '{ds.format}' is not one of {', '.join(FORMATS)}")
+    _validate_source(ds, where)
 
 
 def _validate_source(ds: DatasetConfig, where: str) -> None:

@@ -128,6 +128,13 @@ def build_data(cfg: TrainConfig, model: MultimodalGPT, rank: int = 0, world_size
     return TrainData(Mixture(loaders, weights, seed=cfg.seed), eval_sets, primary, rank, world_size)
 
 
+def eval_dataset(ds: DatasetConfig, model: MultimodalGPT) -> TaskDataset:
+    """The eval split of one dataset, read the way training reads it (JSONL manifest, conversation file,
+    WebDataset shards or an HF dataset; ``media_root``, ``on_error``, labels, sample rate): what ``mmtransfer
+    eval`` scores."""
+    return _dataset(ds, get_task(ds.task), model, ds.eval or ds.train, ds.max_eval_samples, train=False)
+
+
 def _dataset(
     ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None, train: bool,
     caches: dict[str, FeatureCache] | None = None,
