@@ -382,7 +382,17 @@ def test_text_past_the_decoders_context_is_a_clear_error_in_inference(model: mmt
         model.caption(image, max_new_tokens=250)  # the prompt fits, the continuation does not
     with pytest.raises(ValueError, match="exceeds the decoder's context"):
         model.classify(" ".join(["word"] * 300))
-    assert isinstance(model.caption(image, max_new_tokens=3), str)  # within the context: fine
+    steps = []  # within the context: it generates, at most 3 new tokens
+
+    class Count:
+        def put(self, value: torch.Tensor) -> None:
+            steps.append(value.dim() == 1)
+
+        def end(self) -> None:
+            pass
+
+    assert isinstance(model.caption(image, max_new_tokens=3, streamer=Count()), str)
+    assert 1 <= sum(steps) <= 3
 
 
 def test_bad_text_and_media_in_one_batch_keep_rows_and_media_aligned(

@@ -105,8 +105,14 @@ def test_the_api_takes_text_holding_placeholders_and_special_tokens(plain: mmtra
     """Regression: these raised IndexError / ValueError when the text was tokenized with special tokens."""
     plain.config.labels = ["negative", "positive"]
     assert plain.classify("I love <image> tags <|endoftext|>") in plain.config.labels
-    assert isinstance(plain.answer(_image(0), "what is <image> here? <audio>", max_new_tokens=2), str)
+    question = "what is <image> here? <audio>"
+    assert isinstance(plain.answer(_image(0), question, max_new_tokens=2), str)
     assert isinstance(plain.chat([_user("<image><image>")], max_new_tokens=2), str)
+    ids = plain.processor([[_user(_img(0), question)], [_user("<image><image>")]],
+                          add_generation_prompt=True)["input_ids"].tolist()
+    image_id, audio_id = plain.processor.placeholder_ids["image"], plain.processor.placeholder_ids["audio"]
+    assert [row.count(image_id) for row in ids] == [1, 0]  # the typed tags stayed text: one image, the real one
+    assert all(audio_id not in row for row in ids)
 
 
 def test_a_caption_holding_a_placeholder_trains(plain: mmtransfer.MultimodalGPT) -> None:
@@ -166,7 +172,8 @@ def test_a_video_is_its_sampled_frames_through_the_image_encoder(tmp_path: Path)
     for key in ("input_ids", "attention_mask"):
         assert torch.equal(batch[key], as_images[key])
     assert torch.equal(batch["image"]["pixel_values"], as_images["image"]["pixel_values"])
-    assert isinstance(model.chat(conv, max_new_tokens=2), str)
+    frames_conv = [_user(*({"type": "image", "image": f} for f in frames), "what happens?", _img(0))]
+    assert model.chat(conv, max_new_tokens=2) == model.chat(frames_conv, max_new_tokens=2)
 
 
 def test_saves_keep_their_template_and_old_saves_render_plainly(chatml: mmtransfer.MultimodalGPT,

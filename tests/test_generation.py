@@ -34,7 +34,7 @@ def test_batched_caption_equals_single(peaked: mmtransfer.MultimodalGPT) -> None
     batched = peaked.caption(images, max_new_tokens=8)
     single = [peaked.caption(im, max_new_tokens=8) for im in images]
     assert batched == single
-    assert isinstance(single[0], str)
+    assert all(single)  # words, not empty strings: the equality above compares something
 
 
 def test_batched_transcribe_of_different_lengths_equals_single(peaked: mmtransfer.MultimodalGPT) -> None:
@@ -69,7 +69,7 @@ def test_token_ids_match_between_batch_and_single(peaked: mmtransfer.MultimodalG
 def test_beam_search_and_sampling(peaked: mmtransfer.MultimodalGPT) -> None:
     images = _images(2)
     beams = peaked.caption(images, max_new_tokens=6, num_beams=3)
-    assert len(beams) == 2 and all(isinstance(b, str) for b in beams)
+    assert len(beams) == 2 and all(beams)
     assert peaked.caption(images, max_new_tokens=6, num_beams=1) == peaked.caption(images, max_new_tokens=6)
     torch.manual_seed(3)
     first = peaked.caption(images, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9)
