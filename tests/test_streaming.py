@@ -288,10 +288,10 @@ def test_a_bad_sample_gives_the_same_skip_every_epoch(data: dict, tmp_path: Path
     dataset = _dataset("webdataset", str(shard), task="asr", batch=2)
     epochs = [[s for b in _epoch(dataset, 0, epoch) for s in b["skipped"]] for epoch in (0, 1, 2)]
     assert epochs[0] == epochs[1] == epochs[2] and len(epochs[0]) == 1, epochs
-    assert len(dataset.decoder.skipped) == 1
+    assert len(dataset.items.skipped) == 1
     dataset = _dataset("webdataset", str(_bad_shard(data, tmp_path / "png")), batch=3)  # an undecodable png
     first, second = (sorted(s for b in _epoch(dataset, 0, epoch) for s in b["skipped"]) for epoch in (0, 1))
-    assert first == second and len(dataset.decoder.skipped) == 3  # k2, k5, k7 once each
+    assert first == second and len(dataset.items.skipped) == 3  # k2, k5, k7 once each
 
 
 def test_a_decompression_bomb_in_a_shard_is_a_counted_skip(data: dict, tmp_path: Path,

@@ -28,10 +28,11 @@ ON_ERROR = ("skip", "raise")
 
 
 class Skip(NamedTuple):
-    """A bad sample that was left out: the manifest, its 1-based line and what was wrong."""
+    """A bad sample that was left out: where it is (a data file, or a shard), where in it (a file's 1-based line
+    or record number, a shard's sample key) and what was wrong."""
 
     path: str
-    line: int
+    line: int | str
     reason: str
 
     def __str__(self) -> str:

@@ -103,7 +103,7 @@ Entry = tuple[dict[str, Any], str] | Skip  # (sample, target) or a skip
 
 
 class StreamingDataset(IterableDataset):
-    """Collated batches from a ``Source`` for one rank (see the module doc). ``decoder`` is a
+    """Collated batches from a ``Source`` for one rank (see the module doc). ``items`` is a
     ``TaskDataset`` (no samples needed) whose ``item`` decodes an entry; ``to_sample`` turns a parsed record
     into a checked task sample (ValueError when it is unusable)."""
 
@@ -111,7 +111,7 @@ class StreamingDataset(IterableDataset):
         self,
         source: Source,
         to_sample: Callable[[dict[str, Any]], dict[str, Any]],
-        decoder: Any,
+        items: Any,
         collator: Callable[[list[Any]], dict[str, Any]],
         batch_size: int,
         *,
@@ -126,7 +126,7 @@ class StreamingDataset(IterableDataset):
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        self.source, self.to_sample, self.decoder, self.collator = source, to_sample, decoder, collator
+        self.source, self.to_sample, self.items, self.collator = source, to_sample, items, collator
         self.batch_size, self.seed, self.shuffle, self.shuffle_buffer = batch_size, seed, shuffle, shuffle_buffer
         self.expand_targets, self.on_error = expand_targets, on_error
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
@@ -203,7 +203,7 @@ class StreamingDataset(IterableDataset):
         sample = parse_record(self.source, self.to_sample, *record)
         if isinstance(sample, Skip):
             return [sample]
-        task = self.decoder.task
+        task = self.items.task
         targets = task.targets(sample) if self.expand_targets else [task.target(sample)]
         return [(sample, t) for t in targets]
 
@@ -234,11 +234,11 @@ class StreamingDataset(IterableDataset):
         items = []
         for entry in entries:
             if isinstance(entry, Skip):
-                if entry not in self.decoder.skipped:
-                    report(entry, self.on_error, self.decoder.skipped)
+                if entry not in self.items.skipped:
+                    report(entry, self.on_error, self.items.skipped)
                 items.append(entry)
             else:
-                items.append(self.decoder.item(*entry))
+                items.append(self.items.item(*entry))
         batch = self.collator(items)
         batch["stream"] = (worker, count)
         return batch

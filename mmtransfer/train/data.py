@@ -205,8 +205,8 @@ def _stream_loader(
     from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source
 
     source = open_source(ds.source, ds.train, task, ds.columns, split=ds.train_split, where=ds.train)
-    decoder = _task_dataset([], ds, task, model, True, caches)
-    dataset = StreamingDataset(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), decoder, collator,
+    items = _task_dataset([], ds, task, model, True, caches)  # decodes each sample the stream reads
+    dataset = StreamingDataset(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), items, collator,
                                cfg.batch_size, seed=cfg.seed, shuffle_buffer=ds.shuffle_buffer,
                                rank=rank, world_size=world_size, num_workers=cfg.num_workers, on_error=ds.on_error)
     return make_stream_loader(dataset, cfg.num_workers, seed=cfg.seed)
