@@ -119,6 +119,19 @@ def clipcap(feats: dict, train: list[dict], dev: list[dict], steps: int, batch: 
     return preds, secs
 
 
+def projector_label(overrides: list[str]) -> str:
+    """What the image projector is after ``model.image_projector.*`` overrides (the recipe's: MLP on 49 tokens)."""
+    cfg = {k.removeprefix("model.image_projector."): v for k, v in (o.split("=", 1) for o in overrides)
+           if k.startswith("model.image_projector.")}
+    name = cfg.pop("name", "mlp")
+    if name == "mlp":
+        return "MLP (49 tokens)"
+    if name == "pool":
+        size = int(cfg.get("size", 2))
+        return f"{cfg.get('mode', 'avg')} pool to {size}x{size} + MLP ({size * size} tokens)"
+    return name + "".join(f" {k}={v}" for k, v in cfg.items())
+
+
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "flickr8k")
     p.add_argument("--parts", default="retrieval,ours,clipcap")
@@ -152,7 +165,7 @@ def main() -> None:
             f"output_dir={work / 'runs' / 'ours'}", f"stages.0.steps={args.steps}",
             f"feature_cache={work.parent / 'feature_cache'}", *extra,
         ])
-        res.add(TASK, "EfficientNet-Lite0 (frozen, 49 tokens) + MLP + SmolLM2 LoRA r=16 " + " ".join(extra), size,
+        res.add(TASK, f"EfficientNet-Lite0 (frozen) + {projector_label(extra)} + SmolLM2 LoRA r=16", size,
                 secs, "CIDEr-D", last.get("captioning/cider_d", float("nan")), "see retrieval / ClipCap rows",
                 bleu4=last.get("captioning/bleu4"), metrics=last, eval_included_in_train_s=True)
     if "clipcap" in parts:
