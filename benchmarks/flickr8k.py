@@ -4,9 +4,10 @@ Parts (``--parts``, in this order; each writes its rows to the JSON as it finish
 
 * ``retrieval``: nearest-neighbour caption retrieval on the same frozen EfficientNet-Lite0 features (cosine on
   mean-pooled features; each dev photo gets the first caption of its most similar training photo).
-* ``ours``: ``mmtransfer/recipes/flickr8k-caption.yaml`` (frozen EfficientNet-Lite0, 49 tokens, MLP projector,
-  SmolLM2-135M-Instruct + LoRA r=16), ``--steps`` steps of 16; its final eval reports the media gain (the same
-  dev photos scored with black images).
+* ``ours``: ``mmtransfer/recipes/flickr8k-caption.yaml`` (frozen EfficientNet-Lite0, its 7x7 grid pooled to 4x4
+  tokens + MLP, SmolLM2-135M-Instruct + LoRA r=16), ``--steps`` steps of 16; its final eval reports the media gain
+  (the same dev photos scored with black images). ``--recipe-overrides "model.image_projector={name:mlp}"`` runs
+  the MLP on all 49 tokens instead.
 * ``clipcap``: ClipCap's design at the same budget (same steps, batch size, learning rates, the same decoder with
   the same LoRA): the pooled feature -> ClipCap's MLP mapper -> 10 prefix tokens (``_peers.ClipCap``), trained on
   the cached pooled features; greedy decoding with the decoder's own ``generate``.
@@ -120,10 +121,18 @@ def clipcap(feats: dict, train: list[dict], dev: list[dict], steps: int, batch: 
 
 
 def projector_label(overrides: list[str]) -> str:
-    """What the image projector is after ``model.image_projector.*`` overrides (the recipe's: MLP on 49 tokens)."""
-    cfg = {k.removeprefix("model.image_projector."): v for k, v in (o.split("=", 1) for o in overrides)
-           if k.startswith("model.image_projector.")}
-    name = cfg.pop("name", "mlp")
+    """What the image projector is after ``model.image_projector.*`` overrides (the recipe's: bilinear pool to
+    4x4 + MLP)."""
+    import yaml
+
+    cfg: dict = {"name": "pool", "size": 4, "mode": "bilinear"}
+    for key, value in (o.split("=", 1) for o in overrides):
+        if key == "model.image_projector":
+            cfg = yaml.safe_load(value)
+        elif key.startswith("model.image_projector."):
+            cfg[key.removeprefix("model.image_projector.")] = yaml.safe_load(value)
+    cfg = dict(cfg)
+    name = cfg.pop("name")
     if name == "mlp":
         return "MLP (49 tokens)"
     if name == "pool":
@@ -135,7 +144,7 @@ def projector_label(overrides: list[str]) -> str:
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "flickr8k")
     p.add_argument("--parts", default="retrieval,ours,clipcap")
-    p.add_argument("--steps", type=int, default=400, help="training steps of 16 captions (ours and ClipCap)")
+    p.add_argument("--steps", type=int, default=600, help="training steps of 16 captions (ours and ClipCap)")
     p.add_argument("--max-eval", type=int, default=1000, help="dev photos scored")
     p.add_argument("--recipe-overrides", default="", help="extra key=value overrides for ours, space-separated")
     args = p.parse_args()
