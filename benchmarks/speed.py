@@ -554,7 +554,8 @@ def section_mfu(b: Bench, res: Results, peak: float, batch: int = 8, seq: int = 
                 step_s=round(secs, 2), model_tflop_per_step=round(flops / 1e12, 3))
 
 
-MEMORY_VARIANTS = ("full", "full+ckpt", "lora", "lora+ckpt", "ved")
+MEMORY_VARIANTS = ("full", "full+ckpt", "lora", "lora+ckpt", "full+pool4x4", "full+ldp", "ved")
+MEMORY_PROJECTORS = {"full+pool4x4": GRID_PROJECTORS["bilinear pool to 4x4"], "full+ldp": GRID_PROJECTORS["LDP"]}
 
 
 def peak_rss_mb() -> float:
@@ -583,7 +584,7 @@ def memory_child(variant: str, device: str, batch_size: int) -> dict[str, float]
         step = b.train_step(model, lambda: model(pixel_values=pixels, labels=labels).loss)
     else:
         lora = variant.startswith("lora")
-        model = ours_captioner(decoder=SMOLLM2, trainable={
+        model = ours_captioner(decoder=SMOLLM2, projector=MEMORY_PROJECTORS.get(variant), trainable={
             "image_encoder": "frozen", "projectors": "full", "decoder": "lora" if lora else "full"}).to(b.device)
         if variant.endswith("+ckpt"):
             model.enable_gradient_checkpointing()
@@ -605,6 +606,8 @@ def section_memory(b: Bench, res: Results, batch_size: int) -> None:
     task = f"peak memory, one training step, bs {batch_size} (ViT-S frozen + SmolLM2-135M-size decoder)"
     names = {"full": "ours, full fine-tune", "full+ckpt": "ours, full + gradient checkpointing",
              "lora": "ours, LoRA r=8", "lora+ckpt": "ours, LoRA + gradient checkpointing",
+             "full+pool4x4": "ours, full, bilinear pool to 4x4 (16 prefix tokens)",
+             "full+ldp": "ours, full, LDP (49 prefix tokens)",
              "ved": "HF VisionEncoderDecoderModel, full (cross-attention decoder)"}
     results = {}
     for variant in MEMORY_VARIANTS:
