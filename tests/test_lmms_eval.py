@@ -149,3 +149,20 @@ def test_loglikelihood_is_the_models_and_knows_its_greedy_answer(setup: dict[str
     expected = lm.model.sequence_logprobs(lm.model.processor([conv], labels=True, add_eos=False))
     assert scores[1][0] == pytest.approx(float(expected[0]), abs=1e-4)
     assert all(lp < 0 for lp, _ in scores)
+
+
+def test_requests_place_images_and_audio_at_their_markers() -> None:
+    """lmms-eval visuals become parts at the text's markers in order, else before the text; audio comes as HF
+    datasets decode it."""
+    import numpy as np
+    from PIL import Image
+
+    from mmtransfer.lmms_eval import user_turn
+
+    image, clip = Image.new("RGB", (4, 4)), {"array": np.zeros(160, dtype=np.float32), "sampling_rate": 8000}
+    turn = user_turn("Listen <audio> then look <image> and say", [clip, image])
+    assert [p["type"] for p in turn["content"]] == ["text", "audio", "text", "image", "text"]
+    assert turn["content"][1]["sample_rate"] == 8000 and turn["content"][1]["audio"] is clip["array"]
+    assert [p.get("text") for p in turn["content"] if p["type"] == "text"] == ["Listen ", " then look ", " and say"]
+    plain = user_turn("What is it?", [image, clip])
+    assert [p["type"] for p in plain["content"]] == ["image", "audio", "text"]
