@@ -18,6 +18,7 @@ Sections (``--sections``, comma-separated; all by default):
 * ``projectors``: every projector (MLP over all 197 tokens, pixel shuffle, average pool, LDP, bilinear pool to
   4x4, the resampler) in one table: prefix tokens, training samples/s cold and from a warm feature cache, greedy
   and beam-4 tokens/s at batch 32, each against VED measured in the same section;
+* ``genprofile``: greedy decoding at batch 1 and 32 with the dynamic and the static KV cache, and its top operators;
 * ``generate``: new tokens/s and latency, batch 1 and 32, greedy and beam 4, 20 new tokens each;
 * ``loop``: the decoding loop alone (images encoded beforehand), batch 32 greedy, 20 and 60 new tokens;
 * ``mfu``: a training step of a SmolLM2-135M-sized decoder (full fine-tune, 8 x 256 tokens): model
@@ -673,9 +674,38 @@ def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> N
                 "share of self CPU time", e.self_cpu_time_total / total, "", calls=e.count)
 
 
+def section_genprofile(b: Bench, res: Results, top: int = 6) -> None:
+    """Greedy decoding (4x4 pool, 16 prefix tokens, 20 new tokens) at batch 1 and 32: tokens/s with transformers'
+    dynamic KV cache and with its static one, and the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = ours_captioner(projector=GRID_PROJECTORS["bilinear pool to 4x4"]).eval().to(b.device)
+    fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
+    for bs in (1, 32):
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
+
+        def run(cache: str | None = None, batch: dict[str, Any] = batch) -> None:
+            extra = {"cache_implementation": cache} if cache else {}
+            model._generate_batch(batch, num_beams=1, do_sample=False, temperature=1.0, top_p=1.0, **fixed, **extra)
+
+        task = f"greedy generation profile, batch {bs}, {NEW_TOKENS} new tokens (4x4 pool, decoder 6x512)"
+        with torch.inference_mode(), b.autocast():
+            dynamic = bs * NEW_TOKENS / b.time(run, warmup=1)
+            static = bs * NEW_TOKENS / b.time(lambda: run("static"), warmup=1)
+            res.add(task, "dynamic KV cache (the default)", bs, None, "new tokens/s", dynamic, "")
+            res.add(task, "static KV cache", bs, None, "new tokens/s", static, f"dynamic: {dynamic:.1f}",
+                    vs_dynamic=round(static / dynamic, 2))
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run()
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]:
+            res.add(task, e.key, bs, None, "share of self CPU time", e.self_cpu_time_total / total, "", calls=e.count)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
-SECTIONS = ("peak", "mfu", "memory", "profile", "train", "cache", "generate", "projectors", "loop", "scaling")
+SECTIONS = ("peak", "mfu", "memory", "profile", "train", "cache", "generate", "projectors", "genprofile", "loop",
+            "scaling")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -715,6 +745,8 @@ def main(argv: list[str] | None = None) -> None:
             section_generate(b, res)
         elif name == "projectors":
             section_projectors(b, res, args.batch_size)
+        elif name == "genprofile":
+            section_genprofile(b, res)
         elif name == "loop":
             section_loop(b, res)
         elif name == "mfu":
