@@ -22,7 +22,7 @@ from mmtransfer.modalities import MODALITIES
 from mmtransfer.packing import check_decoder, pack, packed_loss, target_positions
 from mmtransfer.processing import Processor
 from mmtransfer.splice import splice
-from mmtransfer.trainable import add_lora, apply_policy, check_policy
+from mmtransfer.trainable import add_lora, apply_policy, check_policy, is_frozen
 
 
 @dataclass
@@ -100,7 +100,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         """Like ``nn.Module.train``, but frozen encoders stay in eval mode (no dropout / BN updates)."""
         super().train(mode)
         for encoder in self.encoders.values():
-            if not any(p.requires_grad for p in encoder.parameters()):
+            if is_frozen(encoder):
                 encoder.eval()
         return self
 
@@ -154,7 +154,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         batch without that modality: under DDP / FSDP a rank that skipped a module would hang or fail the
         others (DeepSpeed #7170, ms-swift #6171). Multiplied by zero, it changes no value or gradient."""
         encoder = self.encoders[kind]
-        if any(p.requires_grad for p in encoder.parameters()):
+        if not is_frozen(encoder):
             inputs = self.processor.preprocess(kind, [MODALITIES[kind].blank(None, encoder.sample_rate)])
             return self.encode(kind, {k: v.to(self.device) for k, v in inputs.items()})[0]
         features = torch.zeros(1, 1, encoder.out_dim, device=self.device)

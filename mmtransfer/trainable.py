@@ -67,6 +67,12 @@ def add_lora(decoder: nn.Module, cfg: LoraConfig) -> nn.Module:
         return get_peft_model(decoder, peft_cfg)
 
 
+def is_frozen(module: nn.Module) -> bool:
+    """Whether nothing in ``module`` trains (a frozen encoder: its outputs can be cached, run in half precision,
+    left out of FSDP's units)."""
+    return not any(p.requires_grad for p in module.parameters())
+
+
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(module.parameters())

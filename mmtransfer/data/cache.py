@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import get_worker_info
 
 from mmtransfer.encoders.base import Encoder
+from mmtransfer.trainable import is_frozen
 
 CACHE_VERSION = 1  # bump when mmtransfer.io's decoding changes what an encoder sees
 
@@ -63,7 +64,7 @@ class FeatureCache:
     """
 
     def __init__(self, directory: str | os.PathLike, encoder: Encoder) -> None:
-        if any(p.requires_grad for p in encoder.parameters()):
+        if not is_frozen(encoder):
             raise ValueError("a feature cache needs a frozen encoder: this one has trainable parameters")
         self.directory = Path(directory)
         self.encoder = encoder

@@ -25,6 +25,7 @@ from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
 from mmtransfer.train.config import DatasetConfig, TrainConfig
 from mmtransfer.train.tracking import Prediction
+from mmtransfer.trainable import is_frozen
 
 
 class TrainData:
@@ -174,7 +175,7 @@ def _train_loader(
     kinds = [task.modality] if task.modality is not None else list(model.encoders) if task.api == "chat" else []
     for kind in kinds if cfg.feature_cache else []:
         encoder = model.encoders[kind]
-        if not any(p.requires_grad for p in encoder.parameters()):  # only a frozen encoder's outputs are fixed
+        if is_frozen(encoder):  # only a frozen encoder's outputs are fixed
             caches[kind] = FeatureCache(Path(cfg.feature_cache), encoder)
     collator = Collator(model, task, cache=caches, on_error=ds.on_error, max_text_tokens=ds.max_text_tokens,
                         loss_on=ds.loss_on, pack_tokens=cfg.pack_tokens if cfg.packing else None)

@@ -30,6 +30,7 @@ from mmtransfer.train.data import TrainData, build_data
 from mmtransfer.train.logger import RunLogger
 from mmtransfer.train.optim import make_optimizer
 from mmtransfer.train.precision import enable_cpu_fp16, half_dtype, resolve_precision
+from mmtransfer.trainable import is_frozen
 
 
 class NonFiniteLossError(RuntimeError):
@@ -132,7 +133,7 @@ def _place(model: MultimodalGPT, acc: Accelerator, cfg: TrainConfig) -> None:
     dtype = half_dtype(acc.mixed_precision)
     if dtype is not None and cfg.half_frozen_encoders and acc.device.type == "cuda":
         for encoder in model.encoders.values():
-            if not any(p.requires_grad for p in encoder.parameters()):
+            if is_frozen(encoder):
                 encoder.to(dtype)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmtransfer.trainable import is_frozen
+
 ENV = "ACCELERATE_USE_FSDP"
 
 
@@ -49,7 +51,7 @@ def units(model: Any) -> list[nn.Module]:
     names = set(getattr(base, "_no_split_modules", None) or [])
     out = [m for m in model.decoder.modules() if type(m).__name__ in names]
     for encoder in model.encoders.values():
-        if any(p.requires_grad for p in encoder.parameters()):
+        if not is_frozen(encoder):
             out += _blocks(encoder)
     return out
 
