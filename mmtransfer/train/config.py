@@ -10,6 +10,7 @@ from mmtransfer.bundled import find_recipe, is_bundled
 from mmtransfer.chat import LOSS_ON
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
 from mmtransfer.data.conversations import FORMATS
+from mmtransfer.data.manifest import ON_ERROR
 from mmtransfer.data.sources import SOURCES
 from mmtransfer.extras import require
 from mmtransfer.tasks import get_task
@@ -199,8 +200,8 @@ def _resolve(base: Path, value: str) -> str:
 
 def check_dataset(ds: DatasetConfig, where: str) -> None:
     """One dataset's fields (on_error, weight, loss_on, format, source keys), as a recipe's are checked."""
-    if ds.on_error not in ("skip", "raise"):
-        raise ConfigError(f"{where}.on_error: '{ds.on_error}' is not skip or raise")
+    if ds.on_error not in ON_ERROR:
+        raise ConfigError(f"{where}.on_error: '{ds.on_error}' is not {' or '.join(ON_ERROR)}")
     if ds.weight <= 0:
         raise ConfigError(f"{where}.weight: must be > 0")
     if ds.loss_on not in LOSS_ON:
