@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 DEBUG_ENV = "MMTRANSFER_DEBUG"
@@ -22,6 +21,7 @@ def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, in
         p.add_argument("--max-new-tokens", type=int, default=32)
         p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_run_inference)
     return p
 
 
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"show the traceback of a config / data / input error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     chat = sub.add_parser("chat", help="one user turn (text, any number of images / clips / videos) -> the reply")
+    chat.set_defaults(func=_run_chat)
     chat.add_argument("checkpoint", help="a directory written by save_pretrained / training")
     chat.add_argument("text")
     for kind in ("image", "audio", "video"):
@@ -81,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_parser(sub, "classify", "label texts (each label scored; no generation options)", "texts",
                       generates=False)
     train = sub.add_parser("train", help="train from a recipe YAML; key=value pairs override its fields")
+    train.set_defaults(func=_run_train)
     train.add_argument("config", help="a recipe file, or a bundled recipe's name (see: mmtransfer recipes)")
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint")
-    ev = sub.add_parser("eval", help="evaluate a saved model on a task's JSONL manifest")
+    ev = sub.add_parser("eval", help="evaluate a saved model on a task's data (JSONL, conversations, shards, HF)")
+    ev.set_defaults(func=_run_eval)
     ev.add_argument("checkpoint")
     ev.add_argument("--task", required=True, help="captioning | vqa | asr | classification | chat")
     ev.add_argument("--data", required=True, help="a JSONL manifest (chat: a messages JSONL, LLaVA or ShareGPT file); "
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-media-gain", action="store_true",
                     help="skip the second pass with each input blanked (the media gain; it doubles the cost)")
     make = sub.add_parser("make-data", help="write the synthetic data sets (shapes, tones, sentiment)")
+    make.set_defaults(func=_run_make_data)
     make.add_argument("out_dir", nargs="?", default="data/synthetic")
     make.add_argument("--n-train", type=int, default=400)
     make.add_argument("--n-test", type=int, default=60)
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = sub.add_parser("recipes", help="list the bundled recipes (mmtransfer train NAME runs one)")
     recipes.set_defaults(func=_run_recipes)
     demo = sub.add_parser("demo", help="build a tiny model offline, save, load, caption and transcribe the samples")
+    demo.set_defaults(func=_run_demo)
     demo.add_argument("--out", default="outputs/demo-model")
     export = sub.add_parser("export", help="write a model in another library's format (hf: transformers LLaVA)")
     export.add_argument("checkpoint", help="a directory written by save_pretrained / training")
@@ -143,13 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mmtransfer.errors import MMTransferError
 
-    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "chat": _run_chat, "caption": _run_inference, "transcribe": _run_inference, "answer": _run_inference,
-        "classify": _run_inference, "demo": _run_demo, "train": _run_train, "eval": _run_eval,
-        "make-data": _run_make_data, "serve": _run_serve,
-    }
     try:
-        return handlers[args.command](args) if args.command in handlers else args.func(args)
+        return args.func(args)  # every sub-command sets its handler (set_defaults(func=...))
     except MMTransferError as err:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
@@ -239,6 +239,7 @@ def _run_recipes(args: argparse.Namespace) -> int:
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat completions, a chat page at /)")
+    serve.set_defaults(func=_run_serve)
     serve.add_argument("checkpoint", help="a directory written by save_pretrained / training")
     serve.add_argument("--host", default="127.0.0.1", help="the address to bind (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
