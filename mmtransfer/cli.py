@@ -181,7 +181,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     import mmtransfer
     from mmtransfer import media_gain
-    from mmtransfer.errors import DataError
+    from mmtransfer.errors import NoSamplesError
     from mmtransfer.extras import require
     from mmtransfer.tasks import get_task
     from mmtransfer.train.config import DatasetConfig, check_dataset
@@ -195,11 +195,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     model = mmtransfer.load(args.checkpoint, device=args.device)
     try:
         dataset = eval_dataset(ds, model)
-    except DataError as err:
-        if "no usable samples" not in str(err):
-            raise
-        raise DataError(f"{args.data}: no usable samples to evaluate (every sample was skipped: see the messages "
-                        "above)") from None
+    except NoSamplesError:
+        raise NoSamplesError(f"{args.data}: no usable samples to evaluate (every sample was skipped: see the "
+                             "messages above)") from None
     kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}
     metrics = media_gain.evaluate(model, task, dataset, args.batch_size, not args.no_media_gain, **kwargs)
     print(json.dumps(metrics, indent=2))

@@ -20,6 +20,10 @@ class DataError(MMTransferError, ValueError):
     """A manifest or sample is unusable; the message starts with ``manifest:line:`` or the file."""
 
 
+class NoSamplesError(DataError):
+    """Every sample of a data file was skipped (or it held none): nothing to train on or to evaluate."""
+
+
 class InputError(MMTransferError, ValueError):
     """An input given to the API or CLI (a conversation, a media file) cannot be used."""
 

@@ -76,15 +76,20 @@ def _array_to_mono(wave: np.ndarray) -> np.ndarray:
     return wave.mean(axis=0 if wave.shape[0] <= wave.shape[1] else 1)
 
 
+def _libsndfile_reason(err: Exception) -> str:
+    """libsndfile's own reason (soundfile's message names an in-memory file by its repr, an address)."""
+    return getattr(err, "error_string", None) or str(err)
+
+
 def read_audio(source: PathLike | bytes, name: str) -> tuple[np.ndarray, int]:
     """Decode an audio file, or a file's bytes, with libsndfile -> (float32 mono samples [T], their rate).
     The one audio decoder of files, shards, dataset cells and the server. InputError naming ``name`` with
-    libsndfile's reason (soundfile's own message names an in-memory file by its repr, an address)."""
+    libsndfile's reason."""
     try:
         frames, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32",
                                always_2d=True)  # [T, C]
     except (RuntimeError, TypeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
-        raise InputError(f"could not read audio file {name}: {getattr(err, 'error_string', None) or err}") from None
+        raise InputError(f"could not read audio file {name}: {_libsndfile_reason(err)}") from None
     return frames.mean(axis=1), rate
 
 
@@ -93,8 +98,7 @@ def audio_seconds(source: PathLike | bytes, name: str) -> float:
     try:
         info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise InputError(f"could not read the audio header of {name}: "
-                         f"{getattr(err, 'error_string', None) or err}") from None
+        raise InputError(f"could not read the audio header of {name}: {_libsndfile_reason(err)}") from None
     return info.frames / info.samplerate
 
 

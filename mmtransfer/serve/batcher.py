@@ -108,9 +108,9 @@ class BatchStreamer(BaseStreamer):
         else:  # hold back the longest tail that a stop string starts with
             held = max((k for s in self.stop for k in range(1, len(s)) if cut.endswith(s[:k])), default=0)
             cut = cut[: len(cut) - held]
-        text = cut.strip()
         if not self.jobs[row].stream:
             return
+        text = cut.strip()
         if text.endswith("\ufffd") or not text.startswith(self.sent[row]) or text == self.sent[row]:
             return
         self.emit(self.jobs[row], ("delta", text[len(self.sent[row]) :]))

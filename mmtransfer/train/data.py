@@ -19,7 +19,7 @@ from mmtransfer.data import (
     read_manifest,
 )
 from mmtransfer.data.conversations import read_conversations
-from mmtransfer.errors import DataError
+from mmtransfer.errors import NoSamplesError
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
@@ -149,7 +149,7 @@ def _dataset(
                                  max_audio_seconds=ds.max_audio_seconds, media_root=ds.media_root)
     samples = list(manifest)[:limit] if limit else list(manifest)
     if not samples:
-        raise DataError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
+        raise NoSamplesError(f"{path}: no usable samples (skipped {len(manifest.skipped)})")
     return _task_dataset(samples, ds, task, model, train, caches)
 
 
