@@ -38,12 +38,19 @@ def base_parser(description: str, name: str) -> argparse.ArgumentParser:
                    help="where manifests, feature caches and runs go (default: outputs/bench/<name>)")
     p.add_argument("--out", default=None, help="write the results table here as JSON (default: <work>/results.json)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override applied to every trained row, after the row's own (repeatable), "
+                        "e.g. --set 'model.image_projector={name: pool, size: 4}'")
     return p
+
+
+_OVERRIDES: list[str] = []  # --set: applied by run_recipe after each row's own overrides
 
 
 def setup(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _OVERRIDES[:] = args.set
     if args.threads:
         import torch
 
@@ -95,6 +102,7 @@ def run_recipe(config: str | Path, overrides: list[str]) -> tuple[dict[str, floa
     from mmtransfer.train import train
     from mmtransfer.train.config import load_train_config
 
+    overrides = [*overrides, *_OVERRIDES]
     cfg = load_train_config(config, overrides)
     print(f"== train {Path(config).name} {' '.join(overrides)}", flush=True)
     with timed() as t:

@@ -8,6 +8,9 @@ form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
   embedding RMS, LoRA); its eval also reports the media gain (the dev clips replaced by silence of the same length).
 * ``align``: the same with a projector-only alignment stage of ``--align-steps`` first (decoder frozen), within the
   same total steps.
+* ``ctc``: a CTC alignment stage of ``--ctc-steps`` first (``objective: ctc``: the projector alone learns to put
+  each spoken token's embedding at its frames; no decoder run, so these steps are extra to ``--steps``), then the
+  same LoRA stage.
 * ``before``: the same data and steps with the ``asr-sentences`` recipe's design before those changes (k=16, no
   output norm).
 * ``finetune``: Whisper tiny.en fine-tuned on the same training utterances (its own decoder, transformers
@@ -40,6 +43,15 @@ def align(align_steps: int, steps: int) -> list[str]:
             f"stages=[{{name: align, steps: {align_steps}, trainable: {{audio_encoder: frozen, projectors: full, "
             f"decoder: frozen}}}}, {{name: finetune, steps: {steps - align_steps}, trainable: {{audio_encoder: frozen, "
             "projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}}]"]
+
+
+def ctc(ctc_steps: int, steps: int) -> list[str]:
+    """Overrides that put a CTC alignment stage (projector only, no decoder run) before ``steps`` LoRA steps."""
+    frozen = "audio_encoder: frozen, projectors: full, decoder: frozen"
+    return [f"model.trainable={{{frozen}}}",
+            f"stages=[{{name: ctc, steps: {ctc_steps}, objective: ctc, trainable: {{{frozen}}}}}, {{name: finetune, "
+            f"steps: {steps}, trainable: {{audio_encoder: frozen, projectors: full, decoder: lora, "
+            "lora: {r: 16, alpha: 32}}}]"]
 
 
 def before(steps: int) -> list[str]:
@@ -104,6 +116,7 @@ def main() -> None:
     p.add_argument("--parts", default="whisper,ours,align,before,finetune")
     p.add_argument("--steps", type=int, default=250, help="training steps of 8 utterances (every trained row)")
     p.add_argument("--align-steps", type=int, default=50, help="the align row's projector-only steps, of --steps")
+    p.add_argument("--ctc-steps", type=int, default=1000, help="the ctc row's CTC alignment steps, before --steps")
     p.add_argument("--dev-speakers", type=int, default=15)
     p.add_argument("--finetune-seconds", type=float, default=None)
     args = p.parse_args()
@@ -131,6 +144,7 @@ def main() -> None:
         ("ours", [f"stages.0.steps={args.steps}"],
          "Whisper tiny.en (frozen) + k=8 + RMS-normed projector, SmolLM2 LoRA r=16"),
         ("align", align(args.align_steps, args.steps), f"same, after a {args.align_steps}-step projector-only stage"),
+        ("ctc", ctc(args.ctc_steps, args.steps), f"same, after {args.ctc_steps} CTC alignment steps (projector only)"),
         ("before", before(args.steps), "same, before the convergence changes: k=16, no norm"),
     ):
         if part not in parts:

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmtransfer.chat import IGNORE_INDEX, template_of
 from mmtransfer.config import ModelConfig, TrainableConfig
+from mmtransfer.ctc import ctc_alignment_loss, transcript_targets
 from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.dtypes import apply_dtypes
 from mmtransfer.encoders.base import Encoder
@@ -181,13 +182,20 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         audio: dict[str, torch.Tensor] | None = None,
         class_labels: torch.Tensor | None = None,
         pack_tokens: int | torch.Tensor | None = None,
+        objective: str = "lm",
     ) -> Output:
         """LM loss on target tokens only, or (with a classification head) cross-entropy on ``class_labels`` [B].
 
         Logits: [B, L, V] without labels; with labels, [B, k, V] for the last k positions (see
         ``_target_window``); [B, C] with a head. ``pack_tokens`` (with labels, LM only): pack the spliced
         samples into decoder rows of at most that many positions, each sample attending to itself only
-        (``mmtransfer.packing``): the same loss with less padding; logits [K, V] at the target positions."""
+        (``mmtransfer.packing``): the same loss with less padding; logits [K, V] at the target positions.
+        ``objective="ctc"``: the CTC alignment loss of the audio tokens against the transcript, no decoder run
+        (``mmtransfer.ctc``); logits [B, M, D_lm] are the audio tokens."""
+        if objective == "ctc":
+            return self._forward_ctc(labels, audio)
+        if objective != "lm":
+            raise ConfigError(f"objective: '{objective}' is not lm or ctc")
         if pack_tokens is not None and self.head is not None:
             raise ConfigError("packing: needs the LM loss (classifier: lm); a classification head reads each "
                               "row's last position")
@@ -223,6 +231,18 @@ class MultimodalGPT(InferenceMixin, nn.Module):
                            labels=labels[:, -keep:], logits_to_keep=keep)
         loss = out.loss if bool(labels.ne(IGNORE_INDEX).any()) else 0.0 * out.logits.sum()
         return Output(loss, out.logits, overflow)
+
+    def _forward_ctc(self, labels: torch.Tensor | None, audio: dict[str, torch.Tensor] | None) -> Output:
+        """CTC of each row's audio tokens against its transcript tokens, scored on the decoder's input embeddings."""
+        if labels is None or audio is None:
+            raise ConfigError("objective ctc: needs one audio clip and its transcript in every sample (task asr)")
+        tokens, mask = self.encode("audio", audio)  # [B, M, D]
+        if tokens.shape[0] != labels.shape[0]:
+            raise ConfigError(f"objective ctc: needs one audio clip per sample, got {tokens.shape[0]} clips for "
+                              f"{labels.shape[0]} samples")
+        targets, lengths = transcript_targets(labels, self.tokenizer.all_special_ids)
+        loss = ctc_alignment_loss(tokens, mask, self.decoder.get_input_embeddings().weight, targets, lengths)
+        return Output(loss, tokens)
 
     def _forward_packed(
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,

@@ -53,6 +53,7 @@ class StageConfig:
     steps: int
     trainable: TrainableConfig | None = None  # None: keep the model's
     lr: float | None = None  # None: OptimConfig.lr
+    objective: str = "lm"  # lm: the decoder's loss on the targets; ctc: align audio tokens first (mmtransfer.ctc)
 
 
 @dataclass
@@ -156,6 +157,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     for i, stage in enumerate(cfg.stages):
         if stage.steps <= 0:
             raise ConfigError(f"{where}: stages[{i}].steps: must be > 0, got {stage.steps}")
+        _check_objective(cfg, stage, f"{where}: stages[{i}]")
     for name in ("batch_size", "eval_batch_size", "log_every", "pack_tokens"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name}: must be >= 1, got {getattr(cfg, name)}")
@@ -173,6 +175,24 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     for i, ds in enumerate(cfg.data):
         check_dataset(ds, f"{where}: data[{i}]")
     _check_packages(cfg, where)
+
+
+def _check_objective(cfg: TrainConfig, stage: StageConfig, where: str) -> None:
+    """``objective: ctc`` trains audio tokens against transcripts without running the decoder: it needs speech
+    data only, an audio encoder, and a frozen decoder (which would get no gradient)."""
+    if stage.objective == "lm":
+        return
+    if stage.objective != "ctc":
+        raise ConfigError(f"{where}.objective: '{stage.objective}' is not lm or ctc")
+    if cfg.model.audio_encoder is None:
+        raise ConfigError(f"{where}.objective: ctc aligns audio tokens; the model has no audio_encoder")
+    tasks = [ds.task for ds in cfg.data if ds.task != "asr"]
+    if tasks:
+        raise ConfigError(f"{where}.objective: ctc needs speech-to-text data (task asr) only, got {', '.join(tasks)}")
+    decoder = (stage.trainable or cfg.model.trainable).decoder
+    if decoder != "frozen":
+        raise ConfigError(f"{where}.objective: ctc does not run the decoder; set this stage's trainable decoder: "
+                          f"frozen (got {decoder})")
 
 
 def _check_packages(cfg: TrainConfig, where: str) -> None:

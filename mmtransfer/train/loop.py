@@ -167,12 +167,13 @@ def _run_stage(
     t0, seen, save_due = time.perf_counter(), 0, False
     while state.stage_step < stage.steps:
         task, batch = data.next_batch()
-        loss = _train_step(model_p, batch, opt, sched, cfg, acc, state)
+        loss = _train_step(model_p, batch, opt, sched, cfg, acc, state, stage.objective)
         state.step += 1
         state.stage_step += 1
         seen += batch["input_ids"].shape[0] * acc.num_processes
         rate = seen / (time.perf_counter() - t0)
-        logger.log_train(state.step, stage.name, task, loss, sched.get_last_lr()[0], rate,
+        curve = task if stage.objective == "lm" else f"{task}/{stage.objective}"  # another loss: its own curve
+        logger.log_train(state.step, stage.name, curve, loss, sched.get_last_lr()[0], rate,
                          last=state.stage_step == stage.steps)
         bar.set_postfix(stage=stage.name, task=task, loss=f"{loss:.3f}", samples_s=f"{rate:.1f}")
         bar.update(1)
@@ -187,11 +188,12 @@ def _run_stage(
 
 def _train_step(
     model_p: torch.nn.Module, batch: dict[str, Any], opt: Any, sched: Any,
-    cfg: TrainConfig, acc: Accelerator, state: RunState,
+    cfg: TrainConfig, acc: Accelerator, state: RunState, objective: str = "lm",
 ) -> float:
     """One forward/backward/update. A non-finite loss or gradient skips the update (on every rank)."""
     with acc.accumulate(model_p):
-        out = model_p(**TrainData.model_inputs(batch, acc.device))
+        kwargs = {"objective": objective} if objective != "lm" else {}
+        out = model_p(**TrainData.model_inputs(batch, acc.device), **kwargs)
         loss = out.loss
         _report_overflow(batch, out.overflow, state)
         if not _all_finite(acc, loss):
