@@ -3,7 +3,7 @@
 A speech LLM's first problem is that the decoder ignores the audio: the projector's tokens mean nothing to it,
 so the LM loss teaches it to guess from the text prior instead. This stage gives every audio token a dense
 target before the decoder is involved: each projected token [D_lm] scores every vocabulary entry by its dot
-product with that entry's *input* embedding (the vectors the decoder reads), plus a blank at logit 0, and CTC
+cosine with that entry's *input* embedding (the vectors the decoder reads), plus a blank at logit 0, and CTC
 over the transcript's tokens pulls the frames that carry a word towards that word's embedding. The decoder
 then reads audio tokens that already look like the text they stand for. No decoder forward or backward runs:
 a step costs the projector and one [M, D] x [D, V] product, a small fraction of an LM step.
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from mmtransfer.chat import IGNORE_INDEX
+
+COSINE_SCALE = 30.0  # the softmax temperature of cosine logits, as in normalised-softmax classifiers (CosFace)
 
 
 def transcript_targets(labels: torch.Tensor, special_ids: Collection[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,10 +43,13 @@ def ctc_alignment_loss(
     tokens: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor
 ) -> torch.Tensor:
     """Mean CTC loss (per target token) of audio tokens [B, M, D] (valid where ``mask`` [B, M]) against target ids
-    [B, S] (``lengths`` [B]), scoring each token against ``embeddings`` [V, D] plus a blank (id V) at logit 0.
+    [B, S] (``lengths`` [B]). A token's logit for vocabulary entry v is ``COSINE_SCALE`` x its cosine with
+    ``embeddings[v]`` ([V, D]); the blank (id V) has logit 0.
     Rows whose audio is too short for their transcript contribute zero (``zero_infinity``)."""
     b, m, _ = tokens.shape
-    logits = tokens.float() @ embeddings.detach().float().T  # [B, M, V]
+    # Cosine logits at a fixed scale: raw dot products of RMS-sized vectors span about +-1 for a small LM, too flat
+    # for a softmax over tens of thousands of tokens, and the projector would spend its steps growing its scale.
+    logits = COSINE_SCALE * F.normalize(tokens.float(), dim=-1) @ F.normalize(embeddings.detach().float(), dim=-1).T
     logits = torch.cat([logits, logits.new_zeros(b, m, 1)], -1)  # [B, M, V + 1]
     log_probs = logits.log_softmax(-1).transpose(0, 1)  # [M, B, V + 1], as ctc_loss wants
     return F.ctc_loss(log_probs, targets, mask.sum(1).long(), lengths, blank=embeddings.shape[0],

@@ -39,11 +39,11 @@ def test_the_loss_is_near_zero_for_tokens_that_are_the_spoken_embeddings_and_bla
     mask = torch.ones(1, 6, dtype=torch.bool)
     right = ctc_alignment_loss(tokens, mask, embeddings, torch.tensor([[1, 2]]), torch.tensor([2]))
     wrong = ctc_alignment_loss(tokens, mask, embeddings, torch.tensor([[2, 1]]), torch.tensor([2]))
-    assert right.item() < 1e-6 < 10 < wrong.item()
+    assert right.item() < 1e-4 < 10 < wrong.item()
     # padded frames past the mask take no part: "a" alone fits the first three frames
     short = ctc_alignment_loss(tokens, torch.tensor([[True] * 3 + [False] * 3]), embeddings, torch.tensor([[1]]),
                                torch.tensor([1]))
-    assert short.item() < 1e-6
+    assert short.item() < 1e-4
 
 
 def test_a_row_too_short_for_its_transcript_adds_zero_not_inf() -> None:
