@@ -3,7 +3,7 @@
 A speech LLM's first problem is that the decoder ignores the audio: the projector's tokens mean nothing to it,
 so the LM loss teaches it to guess from the text prior instead. This stage gives every audio token a dense
 target before the decoder is involved: each projected token [D_lm] scores every vocabulary entry by its dot
-cosine with that entry's *input* embedding (the vectors the decoder reads), plus a blank at logit 0, and CTC
+cosine with that entry's *input* embedding (the vectors the decoder reads), plus a blank, and CTC
 over the transcript's tokens pulls the frames that carry a word towards that word's embedding. The decoder
 then reads audio tokens that already look like the text they stand for. No decoder forward or backward runs:
 a step costs the projector and one [M, D] x [D, V] product, a small fraction of an LM step.
@@ -15,6 +15,7 @@ into the LLM; here CTC only trains the projector, and the decoder reads its outp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
 import torch
@@ -44,13 +45,17 @@ def ctc_alignment_loss(
 ) -> torch.Tensor:
     """Mean CTC loss (per target token) of audio tokens [B, M, D] (valid where ``mask`` [B, M]) against target ids
     [B, S] (``lengths`` [B]). A token's logit for vocabulary entry v is ``COSINE_SCALE`` x its cosine with
-    ``embeddings[v]`` ([V, D]); the blank (id V) has logit 0.
+    ``embeddings[v]`` ([V, D]); the blank (id V) has logit log V.
     Rows whose audio is too short for their transcript contribute zero (``zero_infinity``)."""
     b, m, _ = tokens.shape
     # Cosine logits at a fixed scale: raw dot products of RMS-sized vectors span about +-1 for a small LM, too flat
     # for a softmax over tens of thousands of tokens, and the projector would spend its steps growing its scale.
     logits = COSINE_SCALE * F.normalize(tokens.float(), dim=-1) @ F.normalize(embeddings.detach().float(), dim=-1).T
-    logits = torch.cat([logits, logits.new_zeros(b, m, 1)], -1)  # [B, M, V + 1]
+    # The blank's logit is log V: a frame that points at no token (cosines near 0) gives the blank about as much
+    # mass as the whole vocabulary, as a CTC head's blank has early in training; at logit 0 it would start at
+    # 1 / V, and every frame between words would cost as much as a wrong word.
+    blank = logits.new_full((b, m, 1), math.log(embeddings.shape[0]))
+    logits = torch.cat([logits, blank], -1)  # [B, M, V + 1]
     log_probs = logits.log_softmax(-1).transpose(0, 1)  # [M, B, V + 1], as ctc_loss wants
     return F.ctc_loss(log_probs, targets, mask.sum(1).long(), lengths, blank=embeddings.shape[0],
                       reduction="mean", zero_infinity=True)

@@ -33,7 +33,7 @@ def test_targets_are_the_labelled_tokens_without_special_ones() -> None:
 
 
 def test_the_loss_is_near_zero_for_tokens_that_are_the_spoken_embeddings_and_blank_between() -> None:
-    embeddings = torch.eye(4)  # V = 4 tokens, D = 4; the blank is id 4 at logit 0
+    embeddings = torch.eye(4)  # V = 4 tokens, D = 4; the blank is id 4 at logit log 4
     a, b, blank = 30 * embeddings[1], 30 * embeddings[2], -30 * torch.ones(4)
     tokens = torch.stack([blank, a, a, blank, b, blank]).unsqueeze(0)  # [1, 6, 4]: "a" then "b"
     mask = torch.ones(1, 6, dtype=torch.bool)
