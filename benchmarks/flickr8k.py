@@ -75,7 +75,7 @@ def clipcap(feats: dict, train: list[dict], dev: list[dict], steps: int, batch: 
     from peft import LoraConfig, get_peft_model
 
     from mmtransfer.config import DecoderConfig
-    from mmtransfer.decoder import load_decoder, load_tokenizer
+    from mmtransfer.model.decoder import load_decoder, load_tokenizer
 
     torch.manual_seed(seed)
     cfg = DecoderConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct")

@@ -156,7 +156,7 @@ class Mode:
     def step(self, i: int, timed: bool) -> None:
         """Train on batch ``i``: forward, backward, AdamW; counted when ``timed``."""
         from mmtransfer.data import MODEL_INPUTS
-        from mmtransfer.splice import IGNORE_INDEX
+        from mmtransfer.model.splice import IGNORE_INDEX
 
         batch = self.batches[i]
         before = dict(self.counts)

@@ -17,7 +17,7 @@ for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_model": "mmtransfer.builder",
+    "build_model": "mmtransfer.model.builder",
     "ModelConfig": "mmtransfer.config",
     "ENCODERS": "mmtransfer.encoders",
     "Encoder": "mmtransfer.encoders",
@@ -25,8 +25,8 @@ _EXPORTS = {
     "MultimodalGPT": "mmtransfer.model",
     "PROJECTORS": "mmtransfer.projectors",
     "build_projector": "mmtransfer.projectors",
-    "load": "mmtransfer.saving",
-    "save_pretrained": "mmtransfer.saving",
+    "load": "mmtransfer.model.saving",
+    "save_pretrained": "mmtransfer.model.saving",
 }
 
 

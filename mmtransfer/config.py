@@ -26,10 +26,10 @@ class DecoderConfig:
     pretrained: bool = True
     config: dict[str, Any] | None = None  # e.g. {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, ...}
     tokenizer: str | None = None  # hub id or dir; defaults to ``model``
-    dtype: str = "auto"  # auto | bf16 | fp16 | fp32: storage while frozen (or under LoRA); see mmtransfer.dtypes
+    dtype: str = "auto"  # auto | bf16 | fp16 | fp32: storage while frozen (or under LoRA); model/precision.py
     attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager; None: transformers' default
     device_map: str | dict[str, Any] | None = None  # passed to from_pretrained (e.g. "auto")
-    quantization: dict[str, Any] | None = None  # {bits: 4 | 8, ...}: bitsandbytes base; see mmtransfer.quantization
+    quantization: dict[str, Any] | None = None  # {bits: 4 | 8, ...}: bitsandbytes base; see mmtransfer.model.precision
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mmtransfer.builder import build_model
+from mmtransfer.model.builder import build_model
 from mmtransfer.train import data as train_data
 from mmtransfer.train import load_train_config, loop, train
 

@@ -103,7 +103,7 @@ def test_weights_list_shows_every_known_name_with_its_status(capsys: pytest.Capt
 
 def test_inference_commands_default_to_the_best_device(monkeypatch: pytest.MonkeyPatch) -> None:
     from mmtransfer.cli import build_parser
-    from mmtransfer.saving import resolve_device
+    from mmtransfer.model.saving import resolve_device
 
     for argv in (["caption", "m", "a.png"], ["chat", "m", "hi"], ["eval", "m", "--task", "asr", "--data", "d"]):
         assert build_parser().parse_args(argv).device == "auto"

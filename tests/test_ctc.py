@@ -11,9 +11,9 @@ import torch
 
 from mmtransfer.bundled import RECIPES
 from mmtransfer.chat import IGNORE_INDEX
-from mmtransfer.ctc import ctc_alignment_loss, transcript_targets
 from mmtransfer.errors import ConfigError
-from mmtransfer.saving import load
+from mmtransfer.model.ctc import ctc_alignment_loss, transcript_targets
+from mmtransfer.model.saving import load
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
 
@@ -67,7 +67,7 @@ def test_a_ctc_stage_trains_the_projector_alone_and_lowers_its_loss(synthetic: P
     cfg = load_train_config(RECIPES / "asr-tiny.yaml", _asr_tiny(
         synthetic, out, "stages=[{name: align, steps: 30, objective: ctc}, {name: lm, steps: 2}]"))
     torch.manual_seed(0)
-    from mmtransfer.builder import build_model
+    from mmtransfer.model.builder import build_model
 
     initial = build_model(cfg.model).state_dict()
     train(cfg)

@@ -27,7 +27,7 @@ from mmtransfer.data import (
     make_loader,
     read_manifest,
 )
-from mmtransfer.splice import IGNORE_INDEX
+from mmtransfer.model.splice import IGNORE_INDEX
 from tests.tiny_models import tiny_model_config
 
 RATE = 16000

@@ -15,9 +15,9 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mmtransfer
-from mmtransfer import builder
 from mmtransfer.bundled import RECIPES
 from mmtransfer.config import ConfigError
+from mmtransfer.model import builder
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
 from tests.test_train import _overrides

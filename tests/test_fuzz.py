@@ -15,7 +15,7 @@ from PIL import Image
 import mmtransfer
 from mmtransfer.chat import SENTINELS
 from mmtransfer.data import Collator, Skip
-from mmtransfer.splice import IGNORE_INDEX, splice
+from mmtransfer.model.splice import IGNORE_INDEX, splice
 from tests.tiny_models import tiny_model_config
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import mmtransfer
-from mmtransfer.splice import IGNORE_INDEX
+from mmtransfer.model.splice import IGNORE_INDEX
 from mmtransfer.trainable import count_parameters, layer_stack
 from tests.tiny_models import tiny_model_config
 

@@ -13,7 +13,7 @@ from huggingface_hub import HfApi, ModelCard
 
 import mmtransfer
 from mmtransfer.bundled import RECIPES
-from mmtransfer.model_card import TrainingRecord, training_record
+from mmtransfer.model.card import TrainingRecord, training_record
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
 from tests.tiny_models import decoder_config, tiny_model_config

@@ -18,8 +18,8 @@ import mmtransfer
 from mmtransfer.bundled import RECIPES
 from mmtransfer.config import ConfigError
 from mmtransfer.data import MODEL_INPUTS, Collator
+from mmtransfer.model.splice import IGNORE_INDEX
 from mmtransfer.packing import pack, plan_rows
-from mmtransfer.splice import IGNORE_INDEX
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
 from tests.tiny_models import TOKENIZER, VOCAB, tiny_model_config

@@ -99,7 +99,7 @@ def test_unknown_names_list_the_valid_ones() -> None:
 
 
 def test_output_norm_puts_every_token_at_the_decoder_embedding_rms_and_survives_save_and_load(tmp_path) -> None:
-    from mmtransfer.builder import embedding_rms
+    from mmtransfer.model.builder import embedding_rms
     from mmtransfer.projectors import OutputNorm
     from tests.tiny_models import tiny_model_config
 

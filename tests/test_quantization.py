@@ -15,10 +15,11 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import mmtransfer
-from mmtransfer import builder, extras
+from mmtransfer import extras
 from mmtransfer.bundled import RECIPES
 from mmtransfer.errors import ConfigError, MissingDependencyError
-from mmtransfer.quantization import is_quantized
+from mmtransfer.model import builder
+from mmtransfer.model.precision import is_quantized
 from mmtransfer.synthetic import write_all
 from mmtransfer.train import load_train_config, train
 from tests.runs import interrupt_then_resume

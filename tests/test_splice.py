@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtransfer.splice import IGNORE_INDEX, splice
+from mmtransfer.model.splice import IGNORE_INDEX, splice
 
 PH = 99
 

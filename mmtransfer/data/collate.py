@@ -10,8 +10,8 @@ from jinja2 import TemplateError
 from mmtransfer.chat import IGNORE_INDEX, Rendered
 from mmtransfer.data.cache import FeatureCache
 from mmtransfer.data.manifest import Skip, check_on_error, report
-from mmtransfer.decoder import context_length
 from mmtransfer.modalities import modality
+from mmtransfer.model.decoder import context_length
 from mmtransfer.tasks import Task, get_task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels", "pack_tokens")

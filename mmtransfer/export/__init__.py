@@ -20,7 +20,7 @@ def export(model: MultimodalGPT | str | Path, out: str | Path, format: str = "hf
     if format not in FORMATS:
         raise ConfigError(f"format: '{format}' is not one of {list(FORMATS)}")
     if not isinstance(model, MultimodalGPT):
-        from mmtransfer.saving import load
+        from mmtransfer.model.saving import load
 
         model = load(model)
     from mmtransfer.export.hf import export_hf

@@ -42,11 +42,11 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mmtransfer.atomic import atomic_dir
-from mmtransfer.decoder import hidden_size
 from mmtransfer.errors import ConfigError
 from mmtransfer.export.towers import Tower, convert_tower
 from mmtransfer.modalities import PLACEHOLDERS
 from mmtransfer.model import MultimodalGPT
+from mmtransfer.model.decoder import hidden_size
 from mmtransfer.projectors import MLP, Linear, PixelShuffle
 
 CLASSES = {"llava": "LlavaForConditionalGeneration", "fast_vlm": "FastVlmForConditionalGeneration"}

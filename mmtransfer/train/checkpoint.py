@@ -16,7 +16,7 @@ import torch
 
 from mmtransfer.atomic import atomic_dir, recover
 from mmtransfer.model import MultimodalGPT
-from mmtransfer.saving import load, save_pretrained
+from mmtransfer.model.saving import load, save_pretrained
 from mmtransfer.train import sharding
 
 

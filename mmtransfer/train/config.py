@@ -53,7 +53,7 @@ class StageConfig:
     steps: int
     trainable: TrainableConfig | None = None  # None: keep the model's
     lr: float | None = None  # None: OptimConfig.lr
-    objective: str = "lm"  # lm: the decoder's loss on the targets; ctc: align audio tokens first (mmtransfer.ctc)
+    objective: str = "lm"  # lm: the decoder's loss on the targets; ctc: align audio tokens first (mmtransfer.model.ctc)
 
 
 @dataclass

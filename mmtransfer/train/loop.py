@@ -17,12 +17,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mmtransfer import media_gain
-from mmtransfer.builder import build_model
 from mmtransfer.data import DataError, Skip
 from mmtransfer.errors import ConfigError, WeightsNotFoundError
 from mmtransfer.model import MultimodalGPT
-from mmtransfer.model_card import training_record
-from mmtransfer.saving import load, save_pretrained
+from mmtransfer.model.builder import build_model
+from mmtransfer.model.card import training_record
+from mmtransfer.model.saving import load, save_pretrained
 from mmtransfer.train import checkpoint as ckpt
 from mmtransfer.train import sharding, tracking
 from mmtransfer.train.config import StageConfig, TrainConfig

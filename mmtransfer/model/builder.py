@@ -7,12 +7,12 @@ from typing import Any
 import torch
 
 from mmtransfer.config import ModelConfig, from_dict
-from mmtransfer.decoder import hidden_size, load_decoder, load_tokenizer
-from mmtransfer.dtypes import check_model_config, load_dtype
 from mmtransfer.encoders import build_encoder
 from mmtransfer.errors import ConfigError, UnknownNameError
 from mmtransfer.modalities import ENCODER_KINDS
-from mmtransfer.model import MultimodalGPT
+from mmtransfer.model.core import MultimodalGPT
+from mmtransfer.model.decoder import hidden_size, load_decoder, load_tokenizer
+from mmtransfer.model.precision import check_model_config, load_dtype
 from mmtransfer.projectors import build_projector
 
 
@@ -61,7 +61,7 @@ def _build_encoder(modality: str, cfg: dict[str, Any]):
     cfg = dict(cfg)
     if "name" not in cfg:
         raise ConfigError(f"{modality}_encoder: needs a 'name' (see mmtransfer.list_encoders())")
-    cfg.pop("dtype", None)  # storage, applied by MultimodalGPT (mmtransfer.dtypes)
+    cfg.pop("dtype", None)  # storage, applied by MultimodalGPT (mmtransfer.model.precision)
     encoder = build_encoder(cfg.pop("name"), **cfg).to(torch.float32)  # fp32, whatever a checkpoint holds
     if encoder.modality != modality:
         raise ConfigError(f"{modality}_encoder: '{type(encoder).__name__}' is a {encoder.modality} encoder")

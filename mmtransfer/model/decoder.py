@@ -22,7 +22,7 @@ from mmtransfer import weights
 from mmtransfer.config import DecoderConfig
 from mmtransfer.errors import ConfigError
 from mmtransfer.modalities import PLACEHOLDERS
-from mmtransfer.quantization import bnb_config
+from mmtransfer.model.precision import bnb_config
 
 
 def load_decoder(cfg: DecoderConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
@@ -43,7 +43,7 @@ def load_decoder(cfg: DecoderConfig, dtype: torch.dtype = torch.float32) -> PreT
         return AutoModelForCausalLM.from_config(hf_config, **kwargs)
     if cfg.device_map is not None:
         kwargs["device_map"] = cfg.device_map
-    if cfg.quantization is not None:  # checked by mmtransfer.quantization.check_quantization
+    if cfg.quantization is not None:  # checked by mmtransfer.model.precision.check_quantization
         kwargs["quantization_config"] = bnb_config(cfg.quantization)
     return AutoModelForCausalLM.from_pretrained(weights.resolve(cfg.model), **kwargs)
 

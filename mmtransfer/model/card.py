@@ -22,7 +22,7 @@ from mmtransfer import media_gain
 from mmtransfer.trainable import count_parameters
 
 if TYPE_CHECKING:
-    from mmtransfer.model import MultimodalGPT
+    from mmtransfer.model.core import MultimodalGPT
 
 LIBRARY = "mmtransfer"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

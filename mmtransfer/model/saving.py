@@ -21,10 +21,11 @@ from safetensors.torch import load_file, save_file, save_model
 
 from mmtransfer.atomic import atomic_dir
 from mmtransfer.config import ConfigError, ModelConfig, from_dict, read_json, to_dict
-from mmtransfer.decoder import decoder_config_dict
-from mmtransfer.model import MultimodalGPT
-from mmtransfer.model_card import TrainingRecord, model_card
-from mmtransfer.quantization import is_quantized
+from mmtransfer.model.builder import build_model
+from mmtransfer.model.card import TrainingRecord, model_card
+from mmtransfer.model.core import MultimodalGPT
+from mmtransfer.model.decoder import decoder_config_dict
+from mmtransfer.model.precision import is_quantized
 
 CONFIG_NAME = "config.json"
 TRAINING_NAME = "training.json"
@@ -104,8 +105,6 @@ def _unwrapped(decoder: torch.nn.Module) -> torch.nn.Module:
 def load(directory: str | Path, device: str | torch.device = "cpu") -> MultimodalGPT:
     """Load a model saved by ``save_pretrained``; it gives the same outputs as the saved one.
     ``device="auto"``: CUDA when there is one, else the CPU."""
-    from mmtransfer.builder import build_model
-
     directory = Path(directory)
     data = read_json(directory / CONFIG_NAME)
     version = data.pop("mmtransfer_version", None)

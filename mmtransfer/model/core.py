@@ -13,16 +13,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mmtransfer.chat import IGNORE_INDEX, template_of
 from mmtransfer.config import ModelConfig, TrainableConfig
-from mmtransfer.ctc import ctc_alignment_loss, transcript_targets
-from mmtransfer.decoder import context_length, hidden_size, placeholder_ids
-from mmtransfer.dtypes import apply_dtypes
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import ConfigError, InputError
 from mmtransfer.inference import InferenceMixin
 from mmtransfer.modalities import MODALITIES
+from mmtransfer.model.ctc import ctc_alignment_loss, transcript_targets
+from mmtransfer.model.decoder import context_length, hidden_size, placeholder_ids
+from mmtransfer.model.precision import apply_dtypes
+from mmtransfer.model.splice import splice
 from mmtransfer.packing import check_decoder, pack, packed_loss, target_positions
 from mmtransfer.processing import Processor
-from mmtransfer.splice import splice
 from mmtransfer.trainable import add_lora, apply_policy, check_policy, is_frozen
 
 
@@ -191,7 +191,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         samples into decoder rows of at most that many positions, each sample attending to itself only
         (``mmtransfer.packing``): the same loss with less padding; logits [K, V] at the target positions.
         ``objective="ctc"``: the CTC alignment loss of the audio tokens against the transcript, no decoder run
-        (``mmtransfer.ctc``); logits [B, M, D_lm] are the audio tokens."""
+        (``mmtransfer.model.ctc``); logits [B, M, D_lm] are the audio tokens."""
         if objective == "ctc":
             return self._forward_ctc(labels, audio)
         if objective != "lm":
@@ -276,16 +276,16 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         return total, ((logits.argmax(-1) == labels) | ~keep).all(1)
 
     def save_pretrained(self, directory: str, trainable_only: bool = False) -> None:
-        """Write config.json + model.safetensors + tokenizer files + a README.md card; see ``mmtransfer.saving``."""
-        from mmtransfer.saving import save_pretrained
+        """Write config.json + model.safetensors + tokenizer files + a README.md card (``mmtransfer.model.saving``)."""
+        from mmtransfer.model.saving import save_pretrained
 
         save_pretrained(self, directory, trainable_only=trainable_only)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     trainable_only: bool = False, commit_message: str = "Upload mmtransfer model") -> Any:
         """Upload a ``save_pretrained`` of this model (with its model card) to the hub repository ``repo_id``,
-        created when missing; see ``mmtransfer.saving.push_to_hub``."""
-        from mmtransfer.saving import push_to_hub
+        created when missing; see ``mmtransfer.model.saving.push_to_hub``."""
+        from mmtransfer.model.saving import push_to_hub
 
         return push_to_hub(self, repo_id, private=private, token=token, trainable_only=trainable_only,
                            commit_message=commit_message)
