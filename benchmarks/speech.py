@@ -4,15 +4,13 @@ speechocean762's 2,500 training utterances are split by speaker: ``--dev-speaker
 form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
 
 * ``whisper``: Whisper tiny.en and Whisper base zero-shot (their own decoders, 30 s window, greedy).
-* ``ours``: ``mmtransfer/recipes/speechocean-asr.yaml`` (frame stacking k=8, projector output at the decoder's
-  embedding RMS, LoRA); its eval also reports the media gain (the dev clips replaced by silence of the same length).
-* ``align``: the same with a projector-only alignment stage of ``--align-steps`` first (decoder frozen), within the
-  same total steps.
-* ``ctc``: a CTC alignment stage of ``--ctc-steps`` first (``objective: ctc``: the projector alone learns to put
-  each spoken token's embedding at its frames; no decoder run, so these steps are extra to ``--steps``), then the
-  same LoRA stage.
-* ``before``: the same data and steps with the ``asr-sentences`` recipe's design before those changes (k=16, no
-  output norm).
+* ``ours``: ``mmtransfer/recipes/speechocean-asr.yaml``: ``--ctc-steps`` of CTC alignment (``objective: ctc``: the
+  projector alone learns to put each spoken token's embedding at its frames, no decoder run), then ``--steps`` of
+  LoRA; its eval also reports the media gain (the dev clips replaced by silence of the same length).
+* ``noctc``: the same model with LoRA from the first step and no CTC stage (the recipe before CTC alignment).
+* ``align``: a projector-only stage on the LM loss of ``--align-steps`` first (decoder frozen), within ``--steps``.
+* ``before``: the ``asr-sentences`` recipe's design before any of the convergence changes (k=16, no output norm,
+  no CTC).
 * ``finetune``: Whisper tiny.en fine-tuned on the same training utterances (its own decoder, transformers
   seq2seq, the whole model at lr 1e-5 as in Hugging Face's Whisper fine-tuning guide), for the wall time our
   ``ours`` row trained (``--finetune-seconds`` when run alone).
@@ -36,27 +34,29 @@ from asr_fsdd import ours as transcribe
 from asr_fsdd import score, whisper_zero_shot
 from common import CONFIGS, Results, base_parser, link_data, require, run_recipe, setup, write_jsonl
 
+LORA = "trainable: {audio_encoder: frozen, projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}"
+FROZEN = "trainable: {audio_encoder: frozen, projectors: full, decoder: frozen}"
+
+
+def recipe(ctc_steps: int, steps: int) -> list[str]:
+    """The recipe as it is: ``ctc_steps`` of CTC alignment, then ``steps`` LoRA steps."""
+    return [f"stages.0.steps={ctc_steps}", f"stages.1.steps={steps}"]
+
+
+def no_ctc(steps: int) -> list[str]:
+    """LoRA (and the projector) from the first step, no CTC stage: the recipe before CTC alignment."""
+    return [f"stages=[{{name: train, steps: {steps}, {LORA}}}]"]
+
 
 def align(align_steps: int, steps: int) -> list[str]:
-    """Overrides that put a projector-only alignment stage (decoder frozen) before the LoRA stage."""
-    return ["model.trainable={audio_encoder: frozen, projectors: full, decoder: frozen}",  # LoRA added at stage 2
-            f"stages=[{{name: align, steps: {align_steps}, trainable: {{audio_encoder: frozen, projectors: full, "
-            f"decoder: frozen}}}}, {{name: finetune, steps: {steps - align_steps}, trainable: {{audio_encoder: frozen, "
-            "projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}}]"]
-
-
-def ctc(ctc_steps: int, steps: int) -> list[str]:
-    """Overrides that put a CTC alignment stage (projector only, no decoder run) before ``steps`` LoRA steps."""
-    frozen = "audio_encoder: frozen, projectors: full, decoder: frozen"
-    return [f"model.trainable={{{frozen}}}",
-            f"stages=[{{name: ctc, steps: {ctc_steps}, objective: ctc, trainable: {{{frozen}}}}}, {{name: finetune, "
-            f"steps: {steps}, trainable: {{audio_encoder: frozen, projectors: full, decoder: lora, "
-            "lora: {r: 16, alpha: 32}}}]"]
+    """A projector-only stage on the LM loss (decoder frozen), then LoRA, within ``steps`` in all."""
+    return [f"stages=[{{name: align, steps: {align_steps}, {FROZEN}}}, "
+            f"{{name: finetune, steps: {steps - align_steps}, {LORA}}}]"]
 
 
 def before(steps: int) -> list[str]:
-    """Overrides that give the ``asr-sentences`` design: k=16, no output norm, LoRA from the first step."""
-    return ["model.audio_projector={name: frame_stack, k: 16}", f"stages=[{{name: train, steps: {steps}}}]"]
+    """The ``asr-sentences`` design: k=16, no output norm, no CTC, LoRA from the first step."""
+    return ["model.audio_projector={name: frame_stack, k: 16}", *no_ctc(steps)]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -113,10 +113,10 @@ def finetune_whisper(train: list[dict], dev_manifest: Path, root: Path, seconds:
 
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "speech")
-    p.add_argument("--parts", default="whisper,ours,align,before,finetune")
-    p.add_argument("--steps", type=int, default=250, help="training steps of 8 utterances (every trained row)")
+    p.add_argument("--parts", default="whisper,ours,noctc,finetune")
+    p.add_argument("--steps", type=int, default=400, help="LM training steps of 8 utterances (every trained row)")
     p.add_argument("--align-steps", type=int, default=50, help="the align row's projector-only steps, of --steps")
-    p.add_argument("--ctc-steps", type=int, default=1000, help="the ctc row's CTC alignment steps, before --steps")
+    p.add_argument("--ctc-steps", type=int, default=1000, help="ours: CTC alignment steps of 8, before --steps")
     p.add_argument("--dev-speakers", type=int, default=15)
     p.add_argument("--finetune-seconds", type=float, default=None)
     args = p.parse_args()
@@ -130,7 +130,7 @@ def main() -> None:
     dev_m = work / "dev.jsonl"
     refs = [r["text"] for r in dev]
     task = f"speechocean762 dev ({len(dev)} utterances, {args.dev_speakers} unseen speakers)"
-    size = f"{len(train)} utterances, {args.steps} steps (bs 8)"
+    size = f"{len(train)} utterances, {args.steps} LM steps (bs 8)"
     parts = args.parts.split(",")
     res = Results("speech", args.out)
     if "whisper" in parts:
@@ -141,11 +141,13 @@ def main() -> None:
                     eval_s=round(secs, 1), examples=list(zip(refs[:5], preds[:5])))
     trained_s = args.finetune_seconds
     for part, extra, method in (
-        ("ours", [f"stages.0.steps={args.steps}"],
-         "Whisper tiny.en (frozen) + k=8 + RMS-normed projector, SmolLM2 LoRA r=16"),
-        ("align", align(args.align_steps, args.steps), f"same, after a {args.align_steps}-step projector-only stage"),
-        ("ctc", ctc(args.ctc_steps, args.steps), f"same, after {args.ctc_steps} CTC alignment steps (projector only)"),
-        ("before", before(args.steps), "same, before the convergence changes: k=16, no norm"),
+        ("ours", recipe(args.ctc_steps, args.steps),
+         f"Whisper tiny.en (frozen) + k=8 + RMS-normed projector: {args.ctc_steps} CTC alignment steps, then "
+         "SmolLM2 LoRA r=16"),
+        ("noctc", no_ctc(args.steps), "same without the CTC stage (LoRA from the first step)"),
+        ("align", align(args.align_steps, args.steps), f"same, a {args.align_steps}-step projector-only LM stage "
+         "instead of CTC"),
+        ("before", before(args.steps), "before the convergence changes: k=16, no norm, no CTC"),
     ):
         if part not in parts:
             continue

@@ -80,22 +80,3 @@ def load_video(item: PathLike | list[Image.Image], num_frames: int) -> list[Imag
     except (av.FFmpegError, OSError, ValueError) as err:
         raise InputError(f"could not read video file {path}: {err}") from err
     return frames
-
-
-def write_test_video(path: PathLike, num_frames: int = 8, size: tuple[int, int] = (32, 32), fps: int = 8) -> None:
-    """Write a tiny mpeg4 clip whose frame i is solid RGB (min(20 * i, 255), 128, 64).
-
-    size is (width, height), both even (yuv420p). For tests and examples.
-    """
-    import av
-    import numpy as np
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"qscale": "1"}
-        for i in range(num_frames):
-            pixels = np.full((size[1], size[0], 3), (min(20 * i, 255), 128, 64), dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())

@@ -159,9 +159,10 @@ def test_generation_over_mixed_rows_is_the_same_batched_and_alone(plain: mmtrans
 
 def test_a_video_is_its_sampled_frames_through_the_image_encoder(tmp_path: Path) -> None:
     video = pytest.importorskip("mmtransfer.video")
+    from tests.media_files import write_test_video
     pytest.importorskip("av")
     path = tmp_path / "clip.mp4"
-    video.write_test_video(path, num_frames=8, size=(32, 32))
+    write_test_video(path, num_frames=8, size=(32, 32))
     model = mmtransfer.build_model(tiny_model_config("gpt2", video_frames=4)).eval()
     conv = [_user({"type": "video", "video": str(path)}, "what happens?", _img(0))]
     batch = model.processor([conv], add_generation_prompt=True)

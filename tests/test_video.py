@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmtransfer.video import load_video, write_test_video
+from mmtransfer.video import load_video
 
 av = pytest.importorskip("av")
+
+from tests.media_files import write_test_video  # noqa: E402  (needs av)
 
 
 def _reds(frames: list[Image.Image]) -> list[float]:

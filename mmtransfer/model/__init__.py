@@ -9,8 +9,21 @@ saves it.
 - ``splice`` and ``ctc``: media prefixes into the token embeddings; the CTC alignment loss.
 """
 
-from mmtransfer.model.builder import build_model
-from mmtransfer.model.core import MultimodalGPT, Output
-from mmtransfer.model.saving import load, save_pretrained
+import importlib
+from typing import Any
+
+_EXPORTS = {"MultimodalGPT": "core", "Output": "core", "build_model": "builder", "load": "saving",
+            "save_pretrained": "saving"}
+
+
+def __getattr__(name: str) -> Any:
+    """An exported name, imported on first use: importing one submodule (``model.decoder`` for the data
+    pipeline) does not load the whole core, and the core's modules can import each other's submodules freely."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mmtransfer.model' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["MultimodalGPT", "Output", "build_model", "load", "save_pretrained"]
