@@ -38,7 +38,7 @@ FORMATS = ("jsonl", "webdataset", "hf-parquet", "hf-dir")
 
 # -- the child: one pass over one source ------------------------------------------------------------------
 def _count(items: list[Any]) -> dict[str, Any]:
-    from mmtransfer.data.manifest import Skip
+    from mmtransfer.data.records import Skip
 
     return {"n": sum(not isinstance(x, Skip) for x in items), "skipped": sum(isinstance(x, Skip) for x in items)}
 

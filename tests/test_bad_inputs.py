@@ -22,7 +22,7 @@ from PIL import Image
 
 import mmtransfer
 from mmtransfer.data import MODEL_INPUTS, Collator, DataError, Skip, TaskDataset, read_manifest
-from mmtransfer.data.manifest import MAX_LOGGED_SKIPS
+from mmtransfer.data.records import MAX_LOGGED_SKIPS
 from mmtransfer.io import load_audio, load_image
 from mmtransfer.train import train, train_config_from_dict
 from tests.tiny_models import tiny_model_config

@@ -12,7 +12,7 @@ import soundfile as sf
 from PIL import Image
 
 from mmtransfer.data.conversations import check_trainable, normalize_messages, read_conversations
-from mmtransfer.data.manifest import DataError
+from mmtransfer.errors import DataError
 
 
 @pytest.fixture

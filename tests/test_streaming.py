@@ -25,8 +25,8 @@ pytest.importorskip("datasets")
 from mmtransfer.bundled import RECIPES  # noqa: E402
 from mmtransfer.data import Mixture, TaskDataset  # noqa: E402
 from mmtransfer.data.convert import write_hf_dir, write_parquet, write_shards  # noqa: E402
-from mmtransfer.data.manifest import Skip  # noqa: E402
-from mmtransfer.data.streaming import Blob, StreamingDataset, ToSample, make_stream_loader, open_source  # noqa: E402
+from mmtransfer.data.records import Blob, Skip  # noqa: E402
+from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source  # noqa: E402
 from mmtransfer.errors import ConfigError, DataError  # noqa: E402
 from mmtransfer.synthetic import write_all  # noqa: E402
 from mmtransfer.tasks import get_task  # noqa: E402

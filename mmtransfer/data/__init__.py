@@ -16,8 +16,8 @@ from typing import Any
 
 _WHERE = {  # name -> the submodule that defines it, imported on first use (torch loads only when needed)
     "FeatureCache": "cache", "MODEL_INPUTS": "collate", "Collator": "collate", "read_conversations": "conversations",
-    "TaskDataset": "datasets", "Mixture": "loader", "make_loader": "loader", "DataError": "manifest",
-    "Manifest": "manifest", "Skip": "manifest", "read_manifest": "manifest", "BucketBatchSampler": "sampler",
+    "TaskDataset": "datasets", "Mixture": "loader", "make_loader": "loader", "DataError": "records",
+    "Manifest": "records", "Skip": "records", "read_manifest": "manifest", "BucketBatchSampler": "sampler",
 }
 __all__ = sorted(_WHERE)
 

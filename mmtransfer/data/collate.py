@@ -9,7 +9,7 @@ from jinja2 import TemplateError
 
 from mmtransfer.chat import IGNORE_INDEX, Rendered
 from mmtransfer.data.cache import FeatureCache
-from mmtransfer.data.manifest import Skip, check_on_error, report
+from mmtransfer.data.records import Skip, check_on_error, report
 from mmtransfer.modalities import modality
 from mmtransfer.model.decoder import context_length
 from mmtransfer.tasks import Task, get_task

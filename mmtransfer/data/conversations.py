@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmtransfer.chat import ROLES, check_conversation, parts
-from mmtransfer.data.manifest import Manifest, Skip, _media_path, check_on_error, media_root_of, report
+from mmtransfer.data.records import Manifest, Skip, check_on_error, json_object, media_path, media_root_of, report
 from mmtransfer.errors import ConfigError, MissingFileError
 from mmtransfer.modalities import MODALITIES
 
@@ -108,7 +108,7 @@ def _part(part: dict, root: str) -> dict | None:
     value = part.get(kind)
     if not isinstance(value, str) or not value:
         raise ValueError(f"{kind} part needs a string path under '{kind}'")
-    return {"type": kind, kind: _media_path(value, root, kind)}
+    return {"type": kind, kind: media_path(value, root, kind)}
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -131,19 +131,9 @@ def _array_records(data: bytes) -> list[tuple[int, dict | ValueError]]:
 def _record(raw: Any) -> dict | ValueError:
     """A JSONL line (bytes) or a parsed array element -> the object, or the ValueError saying why not."""
     try:
-        if isinstance(raw, bytes):
-            raw = json.loads(raw)
-    except UnicodeDecodeError as err:
-        return ValueError(f"not valid UTF-8: {err}")
-    except json.JSONDecodeError as err:
-        return ValueError(f"malformed JSON: {err}")
-    if not isinstance(raw, dict):
-        return ValueError(f"expected a JSON object, got {type(raw).__name__}")
-    try:  # a \ud800-style JSON escape decodes to a lone surrogate, which no tokenizer or file system takes
-        json.dumps(raw, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as err:
-        return ValueError(f"a string holds an unpaired surrogate escape (not valid Unicode): {err}")
-    return raw
+        return json_object(raw)
+    except ValueError as err:
+        return err
 
 
 def _detect(records: list[tuple[int, dict | ValueError]]) -> str:

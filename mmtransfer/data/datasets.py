@@ -8,8 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from mmtransfer.chat import parts
-from mmtransfer.data.manifest import Skip, audio_seconds, check_on_error, report
-from mmtransfer.data.streaming import Blob
+from mmtransfer.data.records import Blob, Skip, audio_seconds, check_on_error, report
 from mmtransfer.modalities import modality as modality_of
 from mmtransfer.tasks import Sample, Task, get_task
 

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mmtransfer.data.manifest import _media_path
-from mmtransfer.data.streaming import Blob, Source, map_media_parts
+from mmtransfer.data.records import Blob, media_path
+from mmtransfer.data.source import Source, map_media_parts
 from mmtransfer.errors import ConfigError, DataError, MissingFileError
 from mmtransfer.extras import require
 
@@ -192,7 +192,7 @@ class HFSource(Source):
                 if not os.path.isfile(value):
                     raise ValueError(f"{kind} file not found: {value}")
                 return os.path.abspath(value)
-            return _media_path(value, self.root, kind)
+            return media_path(value, self.root, kind)
         raise ValueError(f"'{kind}' must be bytes, a path or an {kind} struct, got {type(value).__name__} ({name})")
 
     def _messages(self, messages: Any, raw: dict[str, Any], shard: str, key: str) -> Any:

@@ -22,81 +22,24 @@ interrupted epoch starts over (with a warning).
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmtransfer.data.manifest import Skip, report
+from mmtransfer.chat import check_conversation, parts
+from mmtransfer.data.conversations import check_trainable
+from mmtransfer.data.hf_source import HFSource
+from mmtransfer.data.records import Blob, Skip, audio_seconds, report
+from mmtransfer.data.source import Source, parse_record, shard_records
 from mmtransfer.data.sources import SOURCES
+from mmtransfer.data.webdataset_source import WebDatasetSource
 from mmtransfer.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Blob:
-    """Encoded media held in memory (a tar member, a dataset cell): ``data`` bytes, or an already-decoded
-    audio ``array`` at ``rate``. ``name`` (``shard:key.ext``) is what errors show."""
-
-    name: str
-    data: bytes | None = None
-    array: Any = None
-    rate: int | None = None
-
-    def __repr__(self) -> str:  # never print the bytes
-        return f"Blob({self.name!r})"
-
-    def open(self, kind: str, sample_rate: int | None = None) -> Any:
-        """Decode: a PIL RGB image (``kind`` image) or float32 mono audio at ``sample_rate``. ValueError on bad
-        bytes, naming the blob."""
-        from mmtransfer.io import decode_image, load_audio, read_audio
-
-        if kind == "image":
-            return decode_image(io.BytesIO(self.data), self.name)
-        if kind != "audio":
-            raise ValueError(f"{self.name}: {kind} media cannot come from a shard or dataset cell (only image, "
-                             "audio)")
-        if self.array is not None:
-            return load_audio(np.asarray(self.array, dtype=np.float32), sample_rate, self._array_rate())
-        wave, rate = read_audio(self.data, self.name)
-        return load_audio(wave, sample_rate, rate)
-
-    def _array_rate(self) -> int:
-        if not self.rate:
-            raise ValueError(f"decoded audio {self.name} has no sampling_rate")
-        return self.rate
-
-    def seconds(self) -> float:
-        """Audio duration from the header (no decoding)."""
-        if self.array is not None:
-            return len(self.array) / float(self._array_rate())
-        from mmtransfer.io import audio_seconds
-
-        return audio_seconds(self.data, self.name)
-
-
-class Source:
-    """A sharded stream of raw records. Subclasses set ``where`` (for messages) and implement the three
-    methods; ``parse`` raises ValueError for an unusable record (it becomes a ``Skip``)."""
-
-    where: str = "<source>"
-
-    def shards(self) -> list[str]:
-        raise NotImplementedError
-
-    def records(self, shard: int) -> Iterator[tuple[str, Any]]:
-        """(key, raw record) for each record of shard ``shard``; an unreadable shard raises (OSError,
-        ValueError, tarfile.ReadError...) after the records before the damage."""
-        raise NotImplementedError
-
-    def parse(self, raw: Any, shard: str, key: str) -> dict[str, Any]:
-        raise NotImplementedError
 
 
 Entry = tuple[dict[str, Any], str] | Skip  # (sample, target) or a skip
@@ -255,45 +198,6 @@ def make_stream_loader(dataset: StreamingDataset, num_workers: int = 0, seed: in
                       generator=generator)
 
 
-def shard_records(source: Source, shard: int, name: str) -> Iterator[tuple[str, Any] | Skip]:
-    """``source.records(shard)``; damage to the shard (a truncated tar, a corrupt file) ends it with a ``Skip``
-    named ``name:<rest of shard>``. A ``DataError`` (a configuration problem) is raised."""
-    try:
-        yield from source.records(shard)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 (any damage to a shard: name it, skip the rest of it)
-        yield Skip(name, "<rest of shard>", f"cannot read the shard past here: {type(err).__name__}: {err}")
-
-
-def parse_record(source: Source, to_sample: Callable[[dict[str, Any]], dict[str, Any]], shard: str, key: str,
-                 raw: Any) -> dict[str, Any] | Skip:
-    """A raw record -> its checked sample with ``source`` = (shard, key), or the ``Skip`` saying why not."""
-    try:
-        sample = to_sample(source.parse(raw, shard, key))
-    except ValueError as err:
-        return Skip(shard, key, str(err))
-    sample["source"] = (shard, key)
-    return sample
-
-
-def read_samples(source: Source, to_sample: Callable[[dict[str, Any]], dict[str, Any]], limit: int | None,
-                 on_error: str = "skip") -> tuple[list[dict[str, Any]], list[Skip]]:
-    """The first ``limit`` good samples of every shard in order (for evaluation splits), and the skips."""
-    samples: list[dict[str, Any]] = []
-    skipped: list[Skip] = []
-    for i, shard in enumerate(source.shards()):
-        for record in shard_records(source, i, shard):
-            sample = record if isinstance(record, Skip) else parse_record(source, to_sample, shard, *record)
-            if isinstance(sample, Skip):
-                report(sample, on_error, skipped)
-                continue
-            samples.append(sample)
-            if limit and len(samples) >= limit:
-                return samples, skipped
-    return samples, skipped
-
-
 class ToSample:
     """A parsed record (fields; media as ``Blob`` or a checked path) -> a checked task sample, with the JSONL
     manifest's checks: required fields, known label, audio duration from the header. ValueError says why not."""
@@ -316,8 +220,6 @@ class ToSample:
         if self.labels is not None and "label" in sample and sample["label"] not in self.labels:
             raise ValueError(f"unknown label '{sample['label']}'; labels are {sorted(self.labels)}")
         if kind == "audio":
-            from mmtransfer.data.manifest import audio_seconds
-
             sample["duration"] = media.seconds() if isinstance(media, Blob) else audio_seconds(media)
             if sample["duration"] == 0:
                 raise ValueError("the audio is empty")
@@ -329,9 +231,6 @@ class ToSample:
 
 def _messages(messages: Any) -> list[dict[str, Any]]:
     """Check a conversation whose media parts hold ``Blob``\\ s or paths; whitespace-only text parts dropped."""
-    from mmtransfer.chat import check_conversation, parts
-    from mmtransfer.data.conversations import check_trainable
-
     if messages is None:
         raise ValueError("missing field 'messages'")
     check_conversation(messages, generation=None)
@@ -352,38 +251,11 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def map_media_parts(messages: Any, convert: Callable[[str, Any], Any]) -> Any:
-    """A conversation from a source whose media parts (``{"type": "image", "image": ref}``) hold a reference
-    into the record -> the same with ``part[kind] = convert(kind, ref)``. Null-valued keys are dropped (Arrow
-    structs fill absent keys with null). Anything malformed passes through: ``_messages`` says what is wrong."""
-    if not isinstance(messages, list):
-        return messages
-    out = []
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-            out.append(message)
-            continue
-        content = []
-        for part in message["content"]:
-            if isinstance(part, dict):
-                part = {k: v for k, v in part.items() if v is not None}
-                kind = part.get("type")
-                if kind not in (None, "text") and part.get(kind) is not None:
-                    part[kind] = convert(kind, part[kind])
-            content.append(part)
-        out.append({**message, "content": content})
-    return out
-
-
 def open_source(kind: str, spec: str, task: Any, columns: dict[str, str] | None = None, split: str = "train",
                 where: str = "train") -> Source:
     """A ``webdataset`` or ``hf`` source of ``spec`` (see those modules)."""
     if kind == "webdataset":
-        from mmtransfer.data.webdataset_source import WebDatasetSource
-
         return WebDatasetSource(spec, columns, where=where)
     if kind == "hf":
-        from mmtransfer.data.hf_source import HFSource
-
         return HFSource(spec, task, columns, split=split, where=where)
     raise ValueError(f"source: '{kind}' is not one of {SOURCES}")

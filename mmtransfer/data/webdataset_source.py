@@ -24,8 +24,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from mmtransfer.data.records import Blob
+from mmtransfer.data.source import Source, map_media_parts
 from mmtransfer.data.sources import AUDIO_EXTS, IMAGE_EXTS
-from mmtransfer.data.streaming import Blob, Source, map_media_parts
 from mmtransfer.errors import MissingFileError
 from mmtransfer.extras import require
 

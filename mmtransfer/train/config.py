@@ -10,7 +10,7 @@ from mmtransfer.bundled import find_recipe, is_bundled
 from mmtransfer.chat import LOSS_ON
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
 from mmtransfer.data.conversations import FORMATS
-from mmtransfer.data.manifest import ON_ERROR
+from mmtransfer.data.records import ON_ERROR
 from mmtransfer.data.sources import SOURCES
 from mmtransfer.extras import require
 from mmtransfer.tasks import get_task

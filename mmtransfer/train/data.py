@@ -189,8 +189,9 @@ def _train_loader(
 def _stream_samples(ds: DatasetConfig, task: Task, model: MultimodalGPT, path: str, limit: int | None,
                     split: str) -> list:
     """The first ``limit`` samples of a webdataset / hf source (an eval split), bad ones reported per on_error."""
-    from mmtransfer.data.manifest import Manifest
-    from mmtransfer.data.streaming import ToSample, open_source, read_samples
+    from mmtransfer.data.records import Manifest
+    from mmtransfer.data.source import read_samples
+    from mmtransfer.data.streaming import ToSample, open_source
 
     source = open_source(ds.source, path, task, ds.columns, split=split, where=path)
     samples, skipped = read_samples(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), limit,
