@@ -198,7 +198,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     except NoSamplesError:
         raise NoSamplesError(f"{args.data}: no usable samples to evaluate (every sample was skipped: see the "
                              "messages above)") from None
-    kwargs = {} if task.api == "classify" else {"max_new_tokens": args.max_new_tokens}
+    kwargs = task.generation_kwargs(args.max_new_tokens)
     metrics = media_gain.evaluate(model, task, dataset, args.batch_size, not args.no_media_gain, **kwargs)
     print(json.dumps(metrics, indent=2))
     for line in media_gain.warnings(metrics):

@@ -12,7 +12,8 @@ from mmtransfer.chat import IGNORE_INDEX, Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import InputError
 from mmtransfer.io import load_audio
-from mmtransfer.modalities import PLACEHOLDERS, modality
+from mmtransfer.modalities import modality
+from mmtransfer.model.decoder import placeholder_ids
 from mmtransfer.prompts import user_turn
 
 
@@ -34,7 +35,7 @@ class Processor:
         self.encoders = encoders
         self.template = template
         self.video_frames = video_frames
-        self.placeholder_ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in PLACEHOLDERS.items()}
+        self.placeholder_ids = placeholder_ids(tokenizer)
 
     def __call__(
         self,

@@ -63,9 +63,9 @@ class Collator:
         self.pack_tokens = pack_tokens
         self.task = get_task(task)
         self.processor = model.processor
-        self.template = model.prompt_template(self.task.api) if self.task.api != "chat" else ""
+        self.template = "" if self.task.conversational else model.prompt_template(self.task.api)
         self.class_names = list(model.config.labels or []) if model.head is not None else None
-        if self.class_names is not None and self.task.api != "classify":
+        if self.class_names is not None and self.task.class_names(model) is None:
             raise ValueError(f"this model has a classification head; task '{self.task.name}' needs an LM")
         if isinstance(cache, FeatureCache):  # one cache: for the task's modality
             cache = {self.task.modality or cache.encoder.modality: cache}

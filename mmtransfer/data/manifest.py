@@ -52,7 +52,7 @@ def read_manifest(
     """
     check_on_error(on_error)
     task = get_task(task)
-    if task.api == "chat":  # conversations have their own reader (messages, LLaVA, ShareGPT)
+    if task.conversational:  # conversations have their own reader (messages, LLaVA, ShareGPT)
         return read_conversations(path, on_error=on_error, media_root=media_root)
     path = Path(path)
     root = media_root_of(path, media_root)

@@ -207,7 +207,7 @@ class ToSample:
 
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         task, kind = self.task, self.task.modality
-        if task.api == "chat":
+        if task.conversational:
             return {"messages": _messages(record.get("messages"))}
         media = record.get(kind) if kind is not None else None
         if kind is not None and media is not None:

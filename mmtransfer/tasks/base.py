@@ -38,6 +38,7 @@ class Task:
     name: ClassVar[str] = ""
     modality: ClassVar[str | None] = None  # "image", "audio" or None (text only)
     api: ClassVar[str] = ""  # the model's prompt key and inference method: caption/answer/transcribe/classify
+    conversational: ClassVar[bool] = False  # records are whole conversations: their own reader, no prompt template
     required_fields: ClassVar[tuple[str, ...]] = ()
     list_fields: ClassVar[tuple[str, ...]] = ()  # fields that may hold one string or a list of them
     aliases: ClassVar[dict[str, str]] = {}  # manifest key -> the field it stands for
@@ -68,6 +69,18 @@ class Task:
                 raise ValueError(f"'{key}' is an empty list")
             return [_text(key, v) for v in values]
         return _text(key, value)
+
+    def generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        """What the inference API takes at evaluation besides the samples: a generation length."""
+        return {"max_new_tokens": max_new_tokens}
+
+    def class_names(self, model: Any) -> list[str] | None:
+        """The classes a sample's label must be one of (None: the task has no labels)."""
+        return None
+
+    def media_kinds(self, model: Any) -> list[str]:
+        """The modalities this task's samples may hold with ``model``: its own, or any the model encodes."""
+        return [self.modality] if self.modality is not None else []
 
     def prompt_fields(self, sample: Sample) -> dict[str, str]:
         return {k: sample[k] for k in self.prompt_keys}

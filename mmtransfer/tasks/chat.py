@@ -22,9 +22,13 @@ class Chat(Task):
 
     name = "chat"
     api = "chat"
+    conversational = True
     required_fields = ("messages",)
     primary_metric = "exact_match"
     scorers = ("pycocoevalcap", "sklearn")  # the packages its metrics import
+
+    def media_kinds(self, model: Any) -> list[str]:
+        return list(model.encoders)  # a conversation may hold any medium the model encodes
 
     def normalize(self, record: Mapping[str, Any]) -> Sample:
         if "messages" not in record:

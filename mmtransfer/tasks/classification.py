@@ -26,6 +26,12 @@ class Classification(Task):
     scorers = ("sklearn",)  # the packages its metrics import
     add_eos = False
 
+    def generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        return {}  # labels are scored, not generated
+
+    def class_names(self, model: Any) -> list[str] | None:
+        return model.config.labels
+
     def references(self, sample: Sample) -> list[str]:
         return [sample["label"]]
 

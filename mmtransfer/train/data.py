@@ -66,7 +66,7 @@ class TrainData:
         modality's media gain (``<task>/gain/<kind>/...``, see ``mmtransfer.media_gain``)."""
         metrics: dict[str, float] = {}
         for name, (task, dataset) in self.eval_sets.items():
-            kwargs = {} if task.api == "classify" else {"max_new_tokens": max_new_tokens}
+            kwargs = task.generation_kwargs(max_new_tokens)
             for key, value in gain.evaluate(model, task, dataset, batch_size, media_gain, **kwargs).items():
                 metrics[f"{name}/{key}"] = value
         return metrics
@@ -78,7 +78,7 @@ class TrainData:
         for name, (task, dataset) in self.eval_sets.items():
             samples = [dataset[i] for i in range(min(n, len(dataset)))]
             samples = [s for s in samples if isinstance(s, dict)]
-            kwargs = {} if task.api == "classify" else {"max_new_tokens": max_new_tokens}
+            kwargs = task.generation_kwargs(max_new_tokens)
             for sample, pred in zip(samples, task.predict(model, samples, n, **kwargs)):
                 kind = task.modality if task.modality is not None and sample.get(task.modality) is not None else None
                 rows.append(Prediction(name, task.references(sample)[0], pred, kind,
@@ -142,10 +142,10 @@ def _dataset(
 ) -> TaskDataset:
     if ds.source != "jsonl":  # an eval split of a streaming source: its first samples, in memory
         manifest = _stream_samples(ds, task, model, path, limit, split=ds.train_split if train else ds.eval_split)
-    elif task.api == "chat":
+    elif task.conversational:
         manifest = read_conversations(path, ds.format, on_error=ds.on_error, media_root=ds.media_root)
     else:
-        manifest = read_manifest(path, task, labels=_labels(task, model), on_error=ds.on_error,
+        manifest = read_manifest(path, task, labels=task.class_names(model), on_error=ds.on_error,
                                  max_audio_seconds=ds.max_audio_seconds, media_root=ds.media_root)
     samples = list(manifest)[:limit] if limit else list(manifest)
     if not samples:
@@ -163,17 +163,11 @@ def _task_dataset(samples: list, ds: DatasetConfig, task: Task, model: Multimoda
                        video_frames=model.config.video_frames)
 
 
-def _labels(task: Task, model: MultimodalGPT) -> list[str] | None:
-    """The class names a classification sample's label must be one of (None for other tasks)."""
-    return model.config.labels if task.api == "classify" else None
-
-
 def _train_loader(
     ds: DatasetConfig, task: Task, cfg: TrainConfig, model: MultimodalGPT, rank: int, world_size: int
 ) -> torch.utils.data.DataLoader:
     caches = {}
-    kinds = [task.modality] if task.modality is not None else list(model.encoders) if task.api == "chat" else []
-    for kind in kinds if cfg.feature_cache else []:
+    for kind in task.media_kinds(model) if cfg.feature_cache else []:
         encoder = model.encoders[kind]
         if is_frozen(encoder):  # only a frozen encoder's outputs are fixed
             caches[kind] = FeatureCache(Path(cfg.feature_cache), encoder)
@@ -194,7 +188,7 @@ def _stream_samples(ds: DatasetConfig, task: Task, model: MultimodalGPT, path: s
     from mmtransfer.data.streaming import ToSample, open_source
 
     source = open_source(ds.source, path, task, ds.columns, split=split, where=path)
-    samples, skipped = read_samples(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), limit,
+    samples, skipped = read_samples(source, ToSample(task, task.class_names(model), ds.max_audio_seconds), limit,
                                     ds.on_error)
     return Manifest(Path(path), samples, skipped)
 
@@ -208,7 +202,7 @@ def _stream_loader(
 
     source = open_source(ds.source, ds.train, task, ds.columns, split=ds.train_split, where=ds.train)
     items = _task_dataset([], ds, task, model, True, caches)  # decodes each sample the stream reads
-    dataset = StreamingDataset(source, ToSample(task, _labels(task, model), ds.max_audio_seconds), items, collator,
+    dataset = StreamingDataset(source, ToSample(task, task.class_names(model), ds.max_audio_seconds), items, collator,
                                cfg.batch_size, seed=cfg.seed, shuffle_buffer=ds.shuffle_buffer,
                                rank=rank, world_size=world_size, num_workers=cfg.num_workers, on_error=ds.on_error)
     return make_stream_loader(dataset, cfg.num_workers, seed=cfg.seed)
