@@ -16,6 +16,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from mmtransfer.chat import IGNORE_INDEX, Message, check_conversation
 from mmtransfer.errors import InputError
+from mmtransfer.modalities import media_inputs
 from mmtransfer.processing import to_device
 from mmtransfer.prompts import DEFAULT_PROMPTS, user_turn
 
@@ -73,9 +74,7 @@ class InferenceMixin:
         return results[0] if single else results
 
     def _generate_batch(self, batch: dict[str, Any], stop: tuple[str, ...] = (), **gen_kwargs: Any) -> list[str]:
-        embeds, mask, positions, _ = self.embed(
-            batch["input_ids"], batch["attention_mask"], image=batch.get("image"), audio=batch.get("audio")
-        )
+        embeds, mask, positions, _ = self.embed(batch["input_ids"], batch["attention_mask"], **media_inputs(batch))
         self.check_context(int(mask.sum(1).max()), gen_kwargs["max_new_tokens"])
         if not gen_kwargs["do_sample"]:
             gen_kwargs.pop("temperature")

@@ -23,6 +23,11 @@ PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}
 ENCODER_KINDS = tuple(PLACEHOLDERS)
 
 
+def media_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch's model inputs per encoder kind (``image=..., audio=...``; None where the batch has none)."""
+    return {kind: batch.get(kind) for kind in ENCODER_KINDS}
+
+
 @dataclass(frozen=True)
 class Modality:
     """``load(part, sample_rate, frames) -> raw items`` for the encoder (PIL images, float32 audio [T]),

@@ -10,11 +10,11 @@ from jinja2 import TemplateError
 from mmtransfer.chat import IGNORE_INDEX, Rendered
 from mmtransfer.data.cache import FeatureCache
 from mmtransfer.data.records import Skip, check_on_error, report
-from mmtransfer.modalities import modality
+from mmtransfer.modalities import ENCODER_KINDS, modality
 from mmtransfer.model.decoder import context_length
 from mmtransfer.tasks import Task, get_task
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "image", "audio", "class_labels", "pack_tokens")
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "class_labels", "pack_tokens", *ENCODER_KINDS)
 MEDIA_ERRORS = (ValueError, RuntimeError, OSError)
 RENDER_ERRORS = (ValueError, TemplateError)  # TemplateError: a chat template's raise_exception
 

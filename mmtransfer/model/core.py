@@ -16,7 +16,7 @@ from mmtransfer.config import ModelConfig, TrainableConfig
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import ConfigError, InputError
 from mmtransfer.inference import InferenceMixin
-from mmtransfer.modalities import MODALITIES
+from mmtransfer.modalities import ENCODER_KINDS, MODALITIES, media_inputs
 from mmtransfer.model.ctc import ctc_alignment_loss, transcript_targets
 from mmtransfer.model.decoder import context_length, hidden_size, placeholder_ids
 from mmtransfer.model.precision import apply_dtypes
@@ -178,11 +178,10 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
-        image: dict[str, torch.Tensor] | None = None,
-        audio: dict[str, torch.Tensor] | None = None,
         class_labels: torch.Tensor | None = None,
         pack_tokens: int | torch.Tensor | None = None,
         objective: str = "lm",
+        **media: dict[str, torch.Tensor] | None,
     ) -> Output:
         """LM loss on target tokens only, or (with a classification head) cross-entropy on ``class_labels`` [B].
 
@@ -191,17 +190,20 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         samples into decoder rows of at most that many positions, each sample attending to itself only
         (``mmtransfer.packing``): the same loss with less padding; logits [K, V] at the target positions.
         ``objective="ctc"``: the CTC alignment loss of the audio tokens against the transcript, no decoder run
-        (``mmtransfer.model.ctc``); logits [B, M, D_lm] are the audio tokens."""
+        (``mmtransfer.model.ctc``); logits [B, M, D_lm] are the audio tokens. ``media``: per encoder kind
+        (``image``, ``audio``: ``ENCODER_KINDS``) the batch's preprocessed inputs for it, or None."""
+        unknown = sorted(set(media) - set(ENCODER_KINDS))
+        if unknown:
+            raise TypeError(f"forward() got an unexpected keyword argument '{unknown[0]}'")
         if objective == "ctc":
-            return self._forward_ctc(labels, audio)
+            return self._forward_ctc(labels, media.get("audio"))
         if objective != "lm":
             raise ConfigError(f"objective: '{objective}' is not lm or ctc")
         if pack_tokens is not None and self.head is not None:
             raise ConfigError("packing: needs the LM loss (classifier: lm); a classification head reads each "
                               "row's last position")
         training = labels is not None or class_labels is not None
-        embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, check=not training,
-                                                     image=image, audio=audio)
+        embeds, mask, positions, labels = self.embed(input_ids, attention_mask, labels, check=not training, **media)
         overflow: list[int] = []
         limit = context_length(self.decoder)
         if training and limit is not None and mask.shape[1] > limit:
@@ -263,9 +265,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         """Sum of log-probabilities of each row's target tokens: [B] (label words, lmms-eval's log-likelihood).
         ``greedy``: also whether greedy decoding gives every target token, [B] bool."""
         embeds, mask, positions, labels = self.embed(
-            batch["input_ids"], batch["attention_mask"], batch["labels"],
-            image=batch.get("image"), audio=batch.get("audio"),
-        )
+            batch["input_ids"], batch["attention_mask"], batch["labels"], **media_inputs(batch))
         logits = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
         logits, labels = logits[:, :-1].float(), labels[:, 1:]  # position t predicts token t+1
         keep = labels != IGNORE_INDEX
