@@ -52,10 +52,10 @@ def _install(mode: str, n: int, marker: Path) -> None:
     if mode == "step":
         real_step = loop._train_step
 
-        def step(model_p, batch, opt, sched, cfg, acc, state):  # noqa: ANN001, ANN202, PLR0913
+        def step(model_p, batch, opt, sched, cfg, acc, state, *rest):  # noqa: ANN001, ANN002, ANN202, PLR0913
             if state.step + 1 == n:
                 _hang(marker)
-            return real_step(model_p, batch, opt, sched, cfg, acc, state)
+            return real_step(model_p, batch, opt, sched, cfg, acc, state, *rest)
 
         loop._train_step = step
     elif mode == "write":

@@ -34,9 +34,10 @@ def record_weight_changes(monkeypatch: pytest.MonkeyPatch) -> dict[int, bool]:
     """Step -> whether that training step changed any parameter (filled as the run goes)."""
     real_step, changed = loop._train_step, {}
 
-    def step(model_p: torch.nn.Module, batch: dict, opt: Any, sched: Any, cfg: Any, acc: Any, state: Any) -> float:
+    def step(model_p: torch.nn.Module, batch: dict, opt: Any, sched: Any, cfg: Any, acc: Any, state: Any,
+             *rest: Any) -> float:
         before = [p.detach().clone() for p in model_p.parameters()]
-        loss = real_step(model_p, batch, opt, sched, cfg, acc, state)
+        loss = real_step(model_p, batch, opt, sched, cfg, acc, state, *rest)
         changed[state.step + 1] = any(not torch.equal(a, p) for a, p in zip(before, model_p.parameters()))
         return loss
 
