@@ -1,6 +1,6 @@
 """Learning curves of benchmark runs: training loss against steps and against wall minutes, one PNG per set.
 
-Each run's ``log.jsonl`` gives the loss every ``log_every`` steps and the samples/s since its stage began (so the
+Each run's ``log.jsonl`` gives the LM loss every ``log_every`` steps and the samples/s since its stage began (so the
 minutes are ``samples seen / rate``, summed over stages); its last eval record (the final metric and media gain)
 goes into the legend.
 
@@ -16,23 +16,23 @@ from pathlib import Path
 
 
 def read_curve(run: Path, batch_size: int) -> tuple[list[int], list[float], list[float], dict[str, float]]:
-    """(steps, losses, minutes, last eval metrics) of one run's ``log.jsonl``."""
+    """(steps, LM losses, minutes, last eval metrics) of one run's ``log.jsonl``. Another objective's stage (a CTC
+    alignment stage logs ``asr/ctc``) is not plotted, but its steps and minutes count: the LM curve starts after it."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    steps, losses, minutes = [], [], []
+    clock: list[tuple[int, float, str, float]] = []  # (step, minutes, task, loss) of every record
     done, stage_start, stage = 0.0, 0, None
     for r in (r for r in rows if "loss" in r):
-        if steps and r["step"] <= steps[-1]:  # a run started again in the same folder: its records win
-            keep = sum(1 for s in steps if s < r["step"])
-            del steps[keep:], losses[keep:], minutes[keep:]
+        if clock and r["step"] <= clock[-1][0]:  # a run started again in the same folder: its records win
+            clock = [c for c in clock if c[0] < r["step"]]
             stage = None
         if r["stage"] != stage:  # a new stage: its rate restarts
-            done = minutes[-1] if minutes else 0.0
-            stage, stage_start = r["stage"], steps[-1] if steps else 0
-        steps.append(r["step"])
-        losses.append(r["loss"])
-        minutes.append(done + (r["step"] - stage_start) * batch_size / r["samples_s"] / 60)
+            done = clock[-1][1] if clock else 0.0
+            stage, stage_start = r["stage"], clock[-1][0] if clock else 0
+        clock.append((r["step"], done + (r["step"] - stage_start) * batch_size / r["samples_s"] / 60, r["task"],
+                      r["loss"]))
+    lm = [c for c in clock if "/" not in c[2]]
     evals = [r["eval"] for r in rows if "eval" in r]
-    return steps, losses, minutes, evals[-1] if evals else {}
+    return [c[0] for c in lm], [c[3] for c in lm], [c[1] for c in lm], evals[-1] if evals else {}
 
 
 def main() -> None:
