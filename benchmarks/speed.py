@@ -25,7 +25,8 @@ Sections (``--sections``, comma-separated; all by default):
   FLOPs/s over the measured peak, ours against the plain ``LlamaForCausalLM`` step;
 * ``memory``: peak RSS (CPU; max allocated on GPU) of one training step of a SmolLM2-sized captioner, each
   variant in a fresh process: full / gradient checkpointing / LoRA / both, and the VED peer;
-* ``scaling``: ours' training samples/s as batch size, prefix length and audio duration double;
+* ``scaling``: ours' training samples/s as batch size (with the MLP, the 4x4 pool and LDP), prefix length and audio
+  duration double;
 * ``profile``: the top operators of ours' warm-cache captioning step (torch.profiler).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --out outputs/bench/speed.json
@@ -630,13 +631,14 @@ def section_scaling(b: Bench, res: Results) -> None:
     def sps(model: Any, batch: dict[str, Any], bs: int) -> float:
         return bs / b.time(b.train_step(model, lambda: model(**batch).loss), repeat=max(2, b.repeat // 2))
 
-    ours = ours_captioner().to(b.device)
-    for bs in (4, 8, 16, 32):
-        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
-                   b.device)
-        res.add("scaling: batch size (captioning, ViT-S frozen, MLP projector)", "ours", bs, None, "samples/s",
-                sps(ours, batch, bs), "")
-    del ours
+    for name in ("MLP, every patch token", "bilinear pool to 4x4", "LDP"):
+        ours = ours_captioner(projector=GRID_PROJECTORS[name]).to(b.device)
+        for bs in (4, 8, 16, 32):
+            batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs),
+                                                   images=images(bs)), b.device)
+            res.add(f"scaling: batch size (captioning, ViT-S frozen, {name})", "ours", bs, None, "samples/s",
+                    sps(ours, batch, bs), "")
+        del ours
     bs = 8
     for queries in (16, 32, 64, 128):
         model = ours_captioner(projector={"name": "resampler", "num_queries": queries}).to(b.device)
