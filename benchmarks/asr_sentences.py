@@ -181,6 +181,7 @@ def main() -> None:
         res.add(task, method, f"{len(read_rows(manifest))} utts, {args.ctc_steps} CTC + {args.steps} LM steps (bs 8)",
                 secs, "WER",
                 m["wer"], peer, cer=round(m["cer"], 4), eval_s=round(eval_s, 1), metrics=last,
+                eval_included_in_train_s=True,
                 examples=list(zip(refs[:5], preds[:5])))
     res.finish()
 

@@ -177,8 +177,7 @@ def evaluate_saved(model_dir: str | Path, task_name: str, manifest: str | Path, 
 
     model = mmtransfer.load(str(model_dir)).eval()
     task = get_task(task_name)
-    labels = model.config.labels if task.api == "classify" else None
-    samples = list(read_manifest(str(manifest), task, labels=labels))
+    samples = list(read_manifest(str(manifest), task, labels=task.class_names(model)))
     rate = model.encoders["audio"].sample_rate if task.modality == "audio" else None
     dataset = TaskDataset(samples, task, sample_rate=rate)
     with timed() as t, torch.no_grad():

@@ -55,7 +55,8 @@ def align(align_steps: int, steps: int) -> list[str]:
 
 
 def before(steps: int) -> list[str]:
-    """The ``asr-sentences`` design: k=16, no output norm, no CTC, LoRA from the first step."""
+    """The design before the convergence changes (the old ``asr-sentences`` recipe): k=16, no output norm, no CTC,
+    LoRA from the first step."""
     return ["model.audio_projector={name: frame_stack, k: 16}", *no_ctc(steps)]
 
 

@@ -159,8 +159,8 @@ def test_generation_over_mixed_rows_is_the_same_batched_and_alone(plain: mmtrans
 
 def test_a_video_is_its_sampled_frames_through_the_image_encoder(tmp_path: Path) -> None:
     video = pytest.importorskip("mmtransfer.video")
-    from tests.media_files import write_test_video
     pytest.importorskip("av")
+    from tests.media_files import write_test_video
     path = tmp_path / "clip.mp4"
     write_test_video(path, num_frames=8, size=(32, 32))
     model = mmtransfer.build_model(tiny_model_config("gpt2", video_frames=4)).eval()

@@ -56,6 +56,15 @@ def test_a_row_too_short_for_its_transcript_adds_zero_not_inf() -> None:
     assert tokens.grad[0].abs().sum() == 0 and tokens.grad[1].abs().sum() > 0
 
 
+def test_the_loss_is_computed_in_fp32_under_autocast() -> None:
+    tokens, embeddings = torch.randn(2, 6, 8), torch.randn(10, 8)
+    mask, targets, lengths = torch.ones(2, 6, dtype=torch.bool), torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 1])
+    full = ctc_alignment_loss(tokens, mask, embeddings, targets, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = ctc_alignment_loss(tokens, mask, embeddings, targets, lengths)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, full)
+
+
 def _asr_tiny(synthetic: Path, out: Path, *overrides: str) -> list[str]:
     return [f"data.0.train={synthetic / 'tones/asr_train.jsonl'}", f"data.0.eval={synthetic / 'tones/asr_test.jsonl'}",
             "data.0.max_eval_samples=4", f"output_dir={out}", "eval_every=0", "batch_size=8", "log_every=1",
@@ -86,6 +95,8 @@ def test_a_ctc_stage_trains_the_projector_alone_and_lowers_its_loss(synthetic: P
     ("stages=[{name: a, steps: 2, objective: ctc, trainable: {decoder: lora}}]",
      "stages[0].objective: ctc does not run the decoder; set this stage's trainable decoder: frozen (got lora)"),
     ("data.0.task=captioning", "ctc needs speech-to-text data (task asr) only, got captioning"),
+    ("stages=[{name: a, steps: 2, trainable: {decoder: lora}}, {name: b, steps: 2, objective: ctc}]",
+     "stages[1].objective: ctc does not run the decoder; set this stage's trainable decoder: frozen (got lora)"),
 ])
 def test_recipe_errors_name_the_stage(synthetic: Path, tmp_path: Path, override: str, message: str) -> None:
     overrides = _asr_tiny(synthetic, tmp_path, "stages=[{name: a, steps: 2, objective: ctc}]", override)

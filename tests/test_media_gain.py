@@ -60,7 +60,7 @@ def test_every_modality_has_a_blank_of_the_same_size_that_its_encoder_takes(name
 
 def _dataset(model: mmtransfer.MultimodalGPT, task_name: str, path: Path) -> TaskDataset:
     task = get_task(task_name)
-    samples = list(read_conversations(path) if task.api == "chat" else read_manifest(path, task))
+    samples = list(read_conversations(path) if task.conversational else read_manifest(path, task))
     return TaskDataset(samples, task, sample_rate=model.encoders["audio"].sample_rate)
 
 

@@ -31,7 +31,8 @@ class Output:
     """``loss`` (scalar, or None without targets) and ``logits``: [B, L, V] for the LM, [B, C] for a head;
     ``overflow``: rows left out of the loss because prefix + text exceeds the decoder's context.
     A packed batch (``pack_tokens``): ``logits`` [K, V] at the K positions that predict a target, and
-    ``sample_loss`` [B], each sample's mean target loss (NaN without targets); see ``mmtransfer.packing``."""
+    ``sample_loss`` [B], each sample's mean target loss (NaN without targets); see ``mmtransfer.packing``.
+    The CTC objective: ``logits`` are the audio tokens [B, M, D_lm]."""
 
     loss: torch.Tensor | None
     logits: torch.Tensor
@@ -142,13 +143,20 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         embeds, mask, positions, labels = splice(
             self.decoder.get_input_embeddings(), input_ids, attention_mask, prefixes, labels
         )
-        if self.training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
-            for kind in self.encoders:
-                if modal_inputs.get(kind) is None:  # every rank must run every module each step (DDP / FSDP)
-                    embeds = embeds + 0.0 * self._blank_prefix(kind).sum()
+        unused = self._unused_media_term(modal_inputs)
+        if unused is not None:
+            embeds = embeds + unused
         if check:
             self.check_context(int(mask.sum(1).max()) if mask.numel() else 0)
         return embeds, mask, positions, labels
+
+    def _unused_media_term(self, media: dict[str, Any]) -> torch.Tensor | None:
+        """When training distributed, 0 x a blank prefix of each encoder kind absent from ``media`` (every rank
+        must run every module each step under DDP / FSDP; it changes no value or gradient); else None."""
+        if not (self.training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()):
+            return None
+        terms = [0.0 * self._blank_prefix(kind).sum() for kind in self.encoders if media.get(kind) is None]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def _blank_prefix(self, kind: str) -> torch.Tensor:
         """A prefix of one blank input through the ``kind`` encoder (when it trains) and its projector, for a
@@ -244,7 +252,8 @@ class MultimodalGPT(InferenceMixin, nn.Module):
                               f"{labels.shape[0]} samples")
         targets, lengths = transcript_targets(labels, self.tokenizer.all_special_ids)
         loss = ctc_alignment_loss(tokens, mask, self.decoder.get_input_embeddings().weight, targets, lengths)
-        return Output(loss, tokens)
+        unused = self._unused_media_term({"audio": audio})
+        return Output(loss if unused is None else loss + unused, tokens)
 
     def _forward_packed(
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor,

@@ -2,9 +2,9 @@
 
 A speech LLM's first problem is that the decoder ignores the audio: the projector's tokens mean nothing to it,
 so the LM loss teaches it to guess from the text prior instead. This stage gives every audio token a dense
-target before the decoder is involved: each projected token [D_lm] scores every vocabulary entry by its dot
-cosine with that entry's *input* embedding (the vectors the decoder reads), plus a blank, and CTC
-over the transcript's tokens pulls the frames that carry a word towards that word's embedding. The decoder
+target before the decoder is involved: each projected token [D_lm] scores every vocabulary entry by its
+cosine with that entry's *input* embedding (the vectors the decoder reads), plus a blank, and CTC over the
+transcript's tokens pulls the frames that carry a word towards that word's embedding. The decoder
 then reads audio tokens that already look like the text they stand for. No decoder forward or backward runs:
 a step costs the projector and one [M, D] x [D, V] product, a small fraction of an LM step.
 
@@ -47,6 +47,12 @@ def ctc_alignment_loss(
     [B, S] (``lengths`` [B]). A token's logit for vocabulary entry v is ``COSINE_SCALE`` x its cosine with
     ``embeddings[v]`` ([V, D]); the blank (id V) has logit log V.
     Rows whose audio is too short for their transcript contribute zero (``zero_infinity``)."""
+    with torch.autocast(tokens.device.type, enabled=False):  # logits up to +-30 need fp32 under bf16 / fp16
+        return _ctc(tokens, mask, embeddings, targets, lengths)
+
+
+def _ctc(tokens: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor,
+         lengths: torch.Tensor) -> torch.Tensor:
     b, m, _ = tokens.shape
     # Cosine logits at a fixed scale: raw dot products of RMS-sized vectors span about +-1 for a small LM, too flat
     # for a softmax over tens of thousands of tokens, and the projector would spend its steps growing its scale.

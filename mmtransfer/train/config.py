@@ -154,10 +154,12 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: data: needs at least one dataset")
     if not cfg.stages:
         raise ConfigError(f"{where}: stages: needs at least one stage")
+    trainable = cfg.model.trainable  # a stage without its own keeps what the stage before it set
     for i, stage in enumerate(cfg.stages):
         if stage.steps <= 0:
             raise ConfigError(f"{where}: stages[{i}].steps: must be > 0, got {stage.steps}")
-        _check_objective(cfg, stage, f"{where}: stages[{i}]")
+        trainable = stage.trainable or trainable
+        _check_objective(cfg, stage, trainable, f"{where}: stages[{i}]")
     for name in ("batch_size", "eval_batch_size", "log_every", "pack_tokens"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name}: must be >= 1, got {getattr(cfg, name)}")
@@ -177,7 +179,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     _check_packages(cfg, where)
 
 
-def _check_objective(cfg: TrainConfig, stage: StageConfig, where: str) -> None:
+def _check_objective(cfg: TrainConfig, stage: StageConfig, trainable: TrainableConfig, where: str) -> None:
     """``objective: ctc`` trains audio tokens against transcripts without running the decoder: it needs speech
     data only, an audio encoder, and a frozen decoder (which would get no gradient)."""
     if stage.objective == "lm":
@@ -189,10 +191,9 @@ def _check_objective(cfg: TrainConfig, stage: StageConfig, where: str) -> None:
     tasks = [ds.task for ds in cfg.data if ds.task != "asr"]
     if tasks:
         raise ConfigError(f"{where}.objective: ctc needs speech-to-text data (task asr) only, got {', '.join(tasks)}")
-    decoder = (stage.trainable or cfg.model.trainable).decoder
-    if decoder != "frozen":
+    if trainable.decoder != "frozen":
         raise ConfigError(f"{where}.objective: ctc does not run the decoder; set this stage's trainable decoder: "
-                          f"frozen (got {decoder})")
+                          f"frozen (got {trainable.decoder})")
 
 
 def _check_packages(cfg: TrainConfig, where: str) -> None:
