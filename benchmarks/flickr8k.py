@@ -6,8 +6,8 @@ Parts (``--parts``, in this order; each writes its rows to the JSON as it finish
   mean-pooled features; each dev photo gets the first caption of its most similar training photo).
 * ``ours``: ``mmtransfer/recipes/flickr8k-caption.yaml`` (frozen EfficientNet-Lite0, its 7x7 grid pooled to 4x4
   tokens + MLP, SmolLM2-135M-Instruct + LoRA r=16), ``--steps`` steps of 16; its final eval reports the media gain
-  (the same dev photos scored with black images). ``--recipe-overrides "model.image_projector={name:mlp}"`` runs
-  the MLP on all 49 tokens instead.
+  (the same dev photos scored with black images). ``--set "model.image_projector={name: mlp}"`` runs the MLP
+  on all 49 tokens instead.
 * ``clipcap``: ClipCap's design at the same budget (same steps, batch size, learning rates, the same decoder with
   the same LoRA): the pooled feature -> ClipCap's MLP mapper -> 10 prefix tokens (``_peers.ClipCap``), trained on
   the cached pooled features; greedy decoding with the decoder's own ``generate``.
@@ -146,7 +146,6 @@ def main() -> None:
     p.add_argument("--parts", default="retrieval,ours,clipcap")
     p.add_argument("--steps", type=int, default=600, help="training steps of 16 captions (ours and ClipCap)")
     p.add_argument("--max-eval", type=int, default=1000, help="dev photos scored")
-    p.add_argument("--recipe-overrides", default="", help="extra key=value overrides for ours, space-separated")
     args = p.parse_args()
     setup(args)
     from mmtransfer.metrics import bleu4, cider_d
@@ -168,13 +167,12 @@ def main() -> None:
         res.add(TASK, "nearest-neighbour caption retrieval (same frozen features)", len(train), None, "CIDEr-D",
                 cider_d(ret, refs), "", bleu4=round(bleu4(ret, refs), 4), examples=ret[:5])
     if "ours" in parts:
-        extra = args.recipe_overrides.split()
         last, secs = run_recipe(CONFIGS / "flickr8k-caption.yaml", [
             f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={work / 'dev.jsonl'}",
             f"output_dir={work / 'runs' / 'ours'}", f"stages.0.steps={args.steps}",
-            f"feature_cache={work.parent / 'feature_cache'}", *extra,
-        ])
-        res.add(TASK, f"EfficientNet-Lite0 (frozen) + {projector_label(extra)} + SmolLM2 LoRA r=16", size,
+            f"feature_cache={work.parent / 'feature_cache'}",
+        ])  # then --set
+        res.add(TASK, f"EfficientNet-Lite0 (frozen) + {projector_label(args.set)} + SmolLM2 LoRA r=16", size,
                 secs, "CIDEr-D", last.get("captioning/cider_d", float("nan")), "see retrieval / ClipCap rows",
                 bleu4=last.get("captioning/bleu4"), metrics=last, eval_included_in_train_s=True)
     if "clipcap" in parts:
