@@ -3,9 +3,11 @@ skips counted, the same feature cache, the same resumed run."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmtransfer.bundled import RECIPES
 from mmtransfer.synthetic import write_all
@@ -39,6 +41,18 @@ def test_workers_give_the_same_losses_and_skip_counts(synthetic: Path, tmp_path:
     assert skipped_workers == skipped_alone >= 1
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """DataLoader workers run torch on one thread; the main process matches them here, so that the frozen
+    encoder's features are bit-identical wherever they are computed (with 2 threads a loaded machine may change
+    the summation order)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_workers_fill_and_read_the_feature_cache(synthetic: Path, tmp_path: Path) -> None:
     frozen = ["model.trainable.image_encoder=frozen", f"feature_cache={tmp_path / 'cache'}"]
     reference, _ = _run(CAPTIONS, synthetic, tmp_path / "plain", 0, "model.trainable.image_encoder=frozen")

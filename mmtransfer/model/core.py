@@ -203,6 +203,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         unknown = sorted(set(media) - set(ENCODER_KINDS))
         if unknown:
             raise TypeError(f"forward() got an unexpected keyword argument '{unknown[0]}'")
+        media = {kind: media.get(kind) for kind in ENCODER_KINDS}  # encoded in the table's order, whatever the call's
         if objective == "ctc":
             return self._forward_ctc(labels, media.get("audio"))
         if objective != "lm":
