@@ -156,7 +156,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
         if not (self.training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()):
             return None
         terms = [0.0 * self._blank_prefix(kind).sum() for kind in self.encoders if media.get(kind) is None]
-        return sum(terms[1:], terms[0]) if terms else None
+        return sum(terms) if terms else None
 
     def _blank_prefix(self, kind: str) -> torch.Tensor:
         """A prefix of one blank input through the ``kind`` encoder (when it trains) and its projector, for a
