@@ -4,9 +4,9 @@ The names below load on first use (PEP 562), so that ``import mmtransfer`` and t
 do not wait for torch and transformers.
 """
 
-import importlib
 import logging
-from typing import Any
+
+from mmtransfer.lazy import lazy_exports
 
 # When bitsandbytes is installed, peft imports it, and its CPU backend tries to fetch an optional kernel
 # from the hub at import time; offline that logs two warnings on every command, and the fallback it then
@@ -16,32 +16,18 @@ for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "build_model": "mmtransfer.model.builder",
-    "ModelConfig": "mmtransfer.config",
-    "ENCODERS": "mmtransfer.encoders",
-    "Encoder": "mmtransfer.encoders",
-    "build_encoder": "mmtransfer.encoders",
-    "MultimodalGPT": "mmtransfer.model",
-    "PROJECTORS": "mmtransfer.projectors",
-    "build_projector": "mmtransfer.projectors",
-    "load": "mmtransfer.model.saving",
-    "save_pretrained": "mmtransfer.model.saving",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """An exported name from its module, or a submodule (``mmtransfer.tasks``), imported on first use."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module 'mmtransfer' has no attribute '{name}'") from None
+__getattr__ = lazy_exports(__name__, {
+    "build_model": "model.builder",
+    "ModelConfig": "config",
+    "ENCODERS": "encoders",
+    "Encoder": "encoders",
+    "build_encoder": "encoders",
+    "MultimodalGPT": "model",
+    "PROJECTORS": "projectors",
+    "build_projector": "projectors",
+    "load": "model.saving",
+    "save_pretrained": "model.saving",
+}, submodules=True)
 
 
 def list_encoders() -> list[str]:

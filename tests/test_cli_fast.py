@@ -53,3 +53,31 @@ def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str])
         main([*argv, "--help"])
     out = capsys.readouterr().out
     assert "usage: mmtransfer" in out and "`" not in out, out
+
+
+LAZY = """
+import sys
+import mmtransfer, mmtransfer.data, mmtransfer.model
+light = "torch" not in sys.modules
+skip = mmtransfer.data.Skip
+from mmtransfer.data.records import Skip
+for package, name in ((mmtransfer, "nope"), (mmtransfer.data, "nope"), (mmtransfer.model, "nope")):
+    try:
+        getattr(package, name)
+    except AttributeError as err:
+        print("ERR", err)
+print("LIGHT", light, skip is Skip, mmtransfer.tasks.__name__, "torch" in sys.modules)
+print("CORE", mmtransfer.MultimodalGPT is mmtransfer.model.MultimodalGPT, mmtransfer.model.__dict__.get("load") is None)
+"""
+
+
+def test_package_names_import_on_first_use() -> None:
+    """``mmtransfer``, ``mmtransfer.data`` and ``mmtransfer.model`` load their exports lazily: importing them pulls no
+    torch, an exported name is its submodule's object, an unknown one is an AttributeError naming the package."""
+    done = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == [f"ERR module '{p}' has no attribute 'nope'" for p in ("mmtransfer", "mmtransfer.data",
+                                                                               "mmtransfer.model")]
+    assert lines[3] == "LIGHT True True mmtransfer.tasks False"
+    assert lines[4] == "CORE True True"

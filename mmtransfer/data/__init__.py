@@ -11,8 +11,7 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmtransfer.lazy import lazy_exports
 
 _WHERE = {  # name -> the submodule that defines it, imported on first use (torch loads only when needed)
     "FeatureCache": "cache", "MODEL_INPUTS": "collate", "Collator": "collate", "read_conversations": "conversations",
@@ -21,8 +20,4 @@ _WHERE = {  # name -> the submodule that defines it, imported on first use (torc
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"mmtransfer.data.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'mmtransfer.data' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -9,21 +9,13 @@ saves it.
 - ``splice`` and ``ctc``: media prefixes into the token embeddings; the CTC alignment loss.
 """
 
-import importlib
-from typing import Any
+from mmtransfer.lazy import lazy_exports
 
 _EXPORTS = {"MultimodalGPT": "core", "Output": "core", "build_model": "builder", "load": "saving",
             "save_pretrained": "saving"}
 
-
-def __getattr__(name: str) -> Any:
-    """An exported name, imported on first use: importing one submodule (``model.decoder`` for the data
-    pipeline) does not load the whole core, and the core's modules can import each other's submodules freely."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mmtransfer.model' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
+# importing one submodule (``model.decoder`` for the data pipeline) does not load the whole core, and the core's
+# modules can import each other's submodules freely
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["MultimodalGPT", "Output", "build_model", "load", "save_pretrained"]
