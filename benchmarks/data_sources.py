@@ -45,7 +45,8 @@ def _count(items: list[Any]) -> dict[str, Any]:
 
 def child(fmt: str, spec: str, repeat: int, batch: int = 16) -> dict[str, Any]:
     from mmtransfer.data import TaskDataset, make_loader, read_manifest
-    from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source
+    from mmtransfer.data.samples import ToSample
+    from mmtransfer.data.streaming import StreamingDataset, make_stream_loader, open_source
     from mmtransfer.tasks import get_task
 
     task = get_task("captioning")

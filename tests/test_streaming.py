@@ -26,7 +26,8 @@ from mmtransfer.bundled import RECIPES  # noqa: E402
 from mmtransfer.data import Mixture, TaskDataset  # noqa: E402
 from mmtransfer.data.convert import write_hf_dir, write_parquet, write_shards  # noqa: E402
 from mmtransfer.data.records import Blob, Skip  # noqa: E402
-from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source  # noqa: E402
+from mmtransfer.data.samples import ToSample  # noqa: E402
+from mmtransfer.data.streaming import StreamingDataset, make_stream_loader, open_source  # noqa: E402
 from mmtransfer.errors import ConfigError, DataError  # noqa: E402
 from mmtransfer.synthetic import write_all  # noqa: E402
 from mmtransfer.tasks import get_task  # noqa: E402
@@ -475,3 +476,15 @@ def test_each_rank_keeps_its_own_skip_count_and_the_checkpoint_their_sum(monkeyp
         d.load_state_dict(state)
     assert [d.skipped for d in loaded] == [3, 5, 8]
     assert restored == [{"position": 0}, {"position": 1}, {"position": 0}]  # rank 2: none of its own
+
+
+def test_the_source_registry_serves_every_streaming_source_a_recipe_may_name() -> None:
+    """The recipe check (``SOURCES``, before torch loads) and the readers registered in ``SOURCE_TYPES`` agree;
+    an unknown kind is refused with the registered ones listed."""
+    from mmtransfer.data.source import SOURCE_TYPES
+    from mmtransfer.data.sources import SOURCES
+    from mmtransfer.errors import UnknownNameError
+
+    assert {"jsonl", *SOURCE_TYPES.names()} == set(SOURCES)
+    with pytest.raises(UnknownNameError, match="unknown source 'tar'; valid sources: hf, webdataset"):
+        open_source("tar", "x", get_task("captioning"))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mmtransfer.data.records import Blob, media_path
-from mmtransfer.data.source import Source, map_media_parts
+from mmtransfer.data.source import SOURCE_TYPES, Source, map_media_parts
 from mmtransfer.errors import ConfigError, DataError, MissingFileError
 from mmtransfer.extras import require
 
@@ -83,6 +83,7 @@ def _is_disk_dataset(spec: str) -> bool:
                                        for f in ("state.json", "dataset_dict.json"))
 
 
+@SOURCE_TYPES.register("hf")
 class HFSource(Source):
     """Rows of a Hugging Face dataset, in shards; ``parse`` maps columns to task fields (see the module doc)."""
 

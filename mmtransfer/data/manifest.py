@@ -18,15 +18,15 @@ from mmtransfer.data.conversations import read_conversations
 from mmtransfer.data.records import (
     Manifest,
     Skip,
-    audio_seconds,
     check_on_error,
     json_object,
     media_path,
     media_root_of,
     report,
 )
+from mmtransfer.data.samples import ToSample
 from mmtransfer.errors import MissingFileError
-from mmtransfer.tasks import Sample, Task, get_task
+from mmtransfer.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def read_manifest(
     path = Path(path)
     root = media_root_of(path, media_root)
     manifest = Manifest(path)
+    to_sample = ToSample(task, labels, max_audio_seconds, resolve=lambda value: media_path(value, root, task.modality))
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
     except OSError as err:
@@ -66,7 +67,7 @@ def read_manifest(
             if not raw.strip():
                 continue
             try:
-                sample = _parse(raw, task, root, labels, max_audio_seconds)
+                sample = to_sample(json_object(raw))
             except ValueError as err:
                 report(Skip(str(path), lineno, str(err)), on_error, manifest.skipped)
                 continue
@@ -76,26 +77,3 @@ def read_manifest(
         total = len(manifest.samples) + len(manifest.skipped)
         log.warning("%s: skipped %d of %d samples", path, len(manifest.skipped), total)
     return manifest
-
-
-def _parse(
-    raw: bytes, task: Task, root: str, labels: Collection[str] | None, max_audio_seconds: float | None
-) -> Sample:
-    """One line -> a sample; ValueError says what is wrong."""
-    record = json_object(raw)
-    sample = task.normalize(record)
-    if task.modality is not None:
-        sample[task.modality] = media_path(sample[task.modality], root, task.modality)
-    if labels is not None and "label" in sample and sample["label"] not in labels:
-        raise ValueError(f"unknown label '{sample['label']}'; labels are {sorted(labels)}")
-    if task.modality == "audio":
-        sample["duration"] = audio_seconds(sample["audio"])
-        if sample["duration"] == 0:
-            raise ValueError(f"audio file {sample['audio']} is empty")
-        if max_audio_seconds is not None and sample["duration"] > max_audio_seconds:
-            raise ValueError(
-                f"audio is {sample['duration']:.1f} s, longer than max_audio_seconds={max_audio_seconds}"
-            )
-    return sample
-
-

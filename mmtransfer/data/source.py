@@ -9,6 +9,7 @@ from typing import Any
 
 from mmtransfer.data.records import Skip, report
 from mmtransfer.errors import DataError
+from mmtransfer.registry import Registry
 
 
 class Source:
@@ -27,6 +28,11 @@ class Source:
 
     def parse(self, raw: Any, shard: str, key: str) -> dict[str, Any]:
         raise NotImplementedError
+
+
+SOURCE_TYPES: Registry[Source] = Registry("source")
+"""The streaming readers by recipe name (``source:``), each ``open(spec, task, columns, split, where) -> Source``;
+``mmtransfer.data.streaming.open_source`` builds them. (``jsonl`` files are read whole: ``read_manifest``.)"""
 
 
 def shard_records(source: Source, shard: int, name: str) -> Iterator[tuple[str, Any] | Skip]:

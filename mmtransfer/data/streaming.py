@@ -30,13 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmtransfer.chat import check_conversation, parts
-from mmtransfer.data.conversations import check_trainable
-from mmtransfer.data.hf_source import HFSource
-from mmtransfer.data.records import Blob, Skip, audio_seconds, report
-from mmtransfer.data.source import Source, parse_record, shard_records
-from mmtransfer.data.sources import SOURCES
-from mmtransfer.data.webdataset_source import WebDatasetSource
+import mmtransfer.data.hf_source  # noqa: F401 (registers the source)
+import mmtransfer.data.webdataset_source  # noqa: F401 (registers the source)
+from mmtransfer.data.records import Skip, report
+from mmtransfer.data.source import SOURCE_TYPES, Source, parse_record, shard_records
 from mmtransfer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -198,64 +195,7 @@ def make_stream_loader(dataset: StreamingDataset, num_workers: int = 0, seed: in
                       generator=generator)
 
 
-class ToSample:
-    """A parsed record (fields; media as ``Blob`` or a checked path) -> a checked task sample, with the JSONL
-    manifest's checks: required fields, known label, audio duration from the header. ValueError says why not."""
-
-    def __init__(self, task: Any, labels: Any = None, max_audio_seconds: float | None = None) -> None:
-        self.task, self.labels, self.max_audio_seconds = task, labels, max_audio_seconds
-
-    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
-        task, kind = self.task, self.task.modality
-        if task.conversational:
-            return {"messages": _messages(record.get("messages"))}
-        media = record.get(kind) if kind is not None else None
-        if kind is not None and media is not None:
-            if not isinstance(media, (Blob, str)):
-                raise ValueError(f"'{kind}' must be encoded bytes or a path, got {type(media).__name__}")
-            record = {**record, kind: "<media>"}
-        sample = task.normalize(record)
-        if kind is not None:
-            sample[kind] = media
-        if self.labels is not None and "label" in sample and sample["label"] not in self.labels:
-            raise ValueError(f"unknown label '{sample['label']}'; labels are {sorted(self.labels)}")
-        if kind == "audio":
-            sample["duration"] = media.seconds() if isinstance(media, Blob) else audio_seconds(media)
-            if sample["duration"] == 0:
-                raise ValueError("the audio is empty")
-            if self.max_audio_seconds is not None and sample["duration"] > self.max_audio_seconds:
-                raise ValueError(f"audio is {sample['duration']:.1f} s, longer than "
-                                 f"max_audio_seconds={self.max_audio_seconds}")
-        return sample
-
-
-def _messages(messages: Any) -> list[dict[str, Any]]:
-    """Check a conversation whose media parts hold ``Blob``\\ s or paths; whitespace-only text parts dropped."""
-    if messages is None:
-        raise ValueError("missing field 'messages'")
-    check_conversation(messages, generation=None)
-    out = []
-    for number, message in enumerate(messages, start=1):
-        content = []
-        for part in parts(message):
-            kind = part["type"]
-            if kind == "text":
-                if part["text"].strip():
-                    content.append(part)
-            else:
-                content.append({"type": kind, kind: part[kind]})
-        if not content:
-            raise ValueError(f"message {number}: empty content (no text, no media)")
-        out.append({"role": message["role"], "content": content})
-    check_trainable(out)
-    return out
-
-
 def open_source(kind: str, spec: str, task: Any, columns: dict[str, str] | None = None, split: str = "train",
                 where: str = "train") -> Source:
-    """A ``webdataset`` or ``hf`` source of ``spec`` (see those modules)."""
-    if kind == "webdataset":
-        return WebDatasetSource(spec, columns, where=where)
-    if kind == "hf":
-        return HFSource(spec, task, columns, split=split, where=where)
-    raise ValueError(f"source: '{kind}' is not one of {SOURCES}")
+    """The ``kind`` source of ``spec`` (``webdataset``, ``hf``: see those modules; ``SOURCE_TYPES`` lists them)."""
+    return SOURCE_TYPES.build(kind, spec=spec, task=task, columns=columns, split=split, where=where)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mmtransfer.data.records import Blob
-from mmtransfer.data.source import Source, map_media_parts
+from mmtransfer.data.source import SOURCE_TYPES, Source, map_media_parts
 from mmtransfer.data.sources import AUDIO_EXTS, IMAGE_EXTS
 from mmtransfer.errors import MissingFileError
 from mmtransfer.extras import require
@@ -66,6 +66,13 @@ class WebDatasetSource(Source):
         self.where = spec
         self.columns = dict(columns or {})
         self._shards = expand_shards(spec, where)
+
+    @staticmethod
+    @SOURCE_TYPES.register("webdataset")
+    def open(spec: str, task: Any, columns: dict[str, str] | None, split: str, where: str) -> WebDatasetSource:
+        """The shards of ``spec``; ``task`` and ``split`` are not needed (members map to fields by extension, and a
+        spec names one split's shards)."""
+        return WebDatasetSource(spec, columns, where=where)
 
     def shards(self) -> list[str]:
         return list(self._shards)

@@ -184,8 +184,9 @@ def _stream_samples(ds: DatasetConfig, task: Task, model: MultimodalGPT, path: s
                     split: str) -> list:
     """The first ``limit`` samples of a webdataset / hf source (an eval split), bad ones reported per on_error."""
     from mmtransfer.data.records import Manifest
+    from mmtransfer.data.samples import ToSample
     from mmtransfer.data.source import read_samples
-    from mmtransfer.data.streaming import ToSample, open_source
+    from mmtransfer.data.streaming import open_source
 
     source = open_source(ds.source, path, task, ds.columns, split=split, where=path)
     samples, skipped = read_samples(source, ToSample(task, task.class_names(model), ds.max_audio_seconds), limit,
@@ -198,7 +199,8 @@ def _stream_loader(
     caches: dict[str, FeatureCache], collator: Collator,
 ) -> torch.utils.data.DataLoader:
     """A streaming training loader (mmtransfer.data.streaming): the dataset is read as it trains."""
-    from mmtransfer.data.streaming import StreamingDataset, ToSample, make_stream_loader, open_source
+    from mmtransfer.data.samples import ToSample
+    from mmtransfer.data.streaming import StreamingDataset, make_stream_loader, open_source
 
     source = open_source(ds.source, ds.train, task, ds.columns, split=ds.train_split, where=ds.train)
     items = _task_dataset([], ds, task, model, True, caches)  # decodes each sample the stream reads
