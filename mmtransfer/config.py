@@ -52,6 +52,10 @@ class TrainableConfig:
     decoder: str = "frozen"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def encoder(self, kind: str) -> str:
+        """The policy of the ``kind`` encoder (the ``<kind>_encoder`` field)."""
+        return getattr(self, f"{kind}_encoder")
+
 
 @dataclass
 class ModelConfig:
@@ -75,6 +79,18 @@ class ModelConfig:
     # "plain" (see mmtransfer.chat) or a Jinja chat template
     chat_template: str = "auto"
     video_frames: int = 8  # frames sampled from each video part, each one image prefix
+
+    # the per-kind fields are named ``<kind>_encoder`` / ``<kind>_projector``; these read and write them
+    def encoder(self, kind: str) -> dict[str, Any] | None:
+        """The ``kind`` encoder's config (None: the model has no such encoder)."""
+        return getattr(self, f"{kind}_encoder")
+
+    def set_encoder(self, kind: str, config: dict[str, Any]) -> None:
+        setattr(self, f"{kind}_encoder", config)
+
+    def projector(self, kind: str) -> dict[str, Any]:
+        """The ``kind`` projector's config; an MLP when the recipe names none."""
+        return dict(getattr(self, f"{kind}_projector") or {"name": "mlp"})
 
 
 def _child(where: str, key: str) -> str:

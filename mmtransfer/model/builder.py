@@ -34,11 +34,11 @@ def build_model(config: ModelConfig | dict[str, Any], tokenizer_dir: str | None 
     tokenizer = load_tokenizer(config.decoder, tokenizer_dir)
     encoders, projectors = {}, {}
     for modality in ENCODER_KINDS:
-        enc_cfg = getattr(config, f"{modality}_encoder")
+        enc_cfg = config.encoder(modality)
         if enc_cfg is None:
             continue
         encoders[modality] = _build_encoder(modality, enc_cfg)
-        proj_cfg = dict(getattr(config, f"{modality}_projector") or {"name": "mlp"})
+        proj_cfg = config.projector(modality)
         name = proj_cfg.pop("name")
         if proj_cfg.get("norm"):
             proj_cfg["embed_rms"] = embedding_rms(decoder)

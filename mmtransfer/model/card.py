@@ -99,11 +99,11 @@ def _components(model: MultimodalGPT) -> str:
     policy = model.config.trainable
     rows = []
     for kind, encoder in model.encoders.items():
-        cfg = getattr(model.config, f"{kind}_encoder") or {}
+        cfg = model.config.encoder(kind) or {}
         name, source = cfg.get("name", type(encoder).__name__), _shown(cfg.get("model_name") or cfg.get("model"))
         rows.append((f"{kind} encoder", f"{name} `{source}`" if source else name, _size(encoder),
-                     getattr(policy, f"{kind}_encoder")))
-        proj = getattr(model.config, f"{kind}_projector") or {"name": "mlp"}
+                     policy.encoder(kind)))
+        proj = model.config.projector(kind)
         rows.append((f"{kind} projector", proj["name"], _size(model.projectors[kind]), policy.projectors))
     decoder = f"`{_shown(model.config.decoder.model)}` ({model.decoder.config.model_type})"
     lora = policy.lora

@@ -78,7 +78,7 @@ class MultimodalGPT(InferenceMixin, nn.Module):
     def set_trainable(self, cfg: TrainableConfig) -> None:
         """Apply a trainable policy to every component (the only place ``requires_grad`` is set)."""
         for modality, encoder in self.encoders.items():
-            policy = getattr(cfg, f"{modality}_encoder")
+            policy = cfg.encoder(modality)
             check_policy(policy, f"{modality}_encoder")
             apply_policy(encoder, policy)
         check_policy(cfg.projectors, "projectors")

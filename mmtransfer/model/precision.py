@@ -48,7 +48,7 @@ def check_model_config(config: ModelConfig) -> None:
     parse_dtype(dec.dtype, "decoder.dtype")
     check_quantization(dec)
     for modality in ENCODER_KINDS:
-        enc = getattr(config, f"{modality}_encoder")
+        enc = config.encoder(modality)
         if enc is not None:
             parse_dtype(enc.get("dtype", "auto"), f"{modality}_encoder.dtype")
     if dec.attn_implementation is not None and dec.attn_implementation not in ATTENTION:
@@ -73,8 +73,8 @@ def apply_dtypes(model: MultimodalGPT) -> None:
     cfg = model.config
     _store(model.decoder, parse_dtype(cfg.decoder.dtype, "decoder.dtype"), cfg.trainable.decoder)
     for modality, encoder in model.encoders.items():
-        name = (getattr(cfg, f"{modality}_encoder") or {}).get("dtype", "auto")
-        _store(encoder, parse_dtype(name, f"{modality}_encoder.dtype"), getattr(cfg.trainable, f"{modality}_encoder"))
+        name = (cfg.encoder(modality) or {}).get("dtype", "auto")
+        _store(encoder, parse_dtype(name, f"{modality}_encoder.dtype"), cfg.trainable.encoder(modality))
 
 
 def _store(module: nn.Module, dtype: torch.dtype | None, policy: str) -> None:

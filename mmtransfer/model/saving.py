@@ -76,8 +76,8 @@ def _write(model: MultimodalGPT, directory: Path, trainable_only: bool,
         base = _unwrapped(model.decoder)
         config.decoder = dataclasses.replace(config.decoder, pretrained=False, config=decoder_config_dict(base))
         for modality, encoder in model.encoders.items():
-            dtype = {k: v for k, v in (getattr(config, f"{modality}_encoder") or {}).items() if k == "dtype"}
-            setattr(config, f"{modality}_encoder", encoder.to_config() | dtype)  # the storage dtype stays
+            dtype = {k: v for k, v in (config.encoder(modality) or {}).items() if k == "dtype"}
+            config.set_encoder(modality, encoder.to_config() | dtype)  # the storage dtype stays
         if tensors is None:
             save_model(model, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})  # handles tied weights
         else:
