@@ -23,6 +23,7 @@ from PIL import Image
 import mmtransfer
 from mmtransfer.data import MODEL_INPUTS, Collator, DataError, Skip, TaskDataset, read_manifest
 from mmtransfer.data.records import MAX_LOGGED_SKIPS
+from mmtransfer.errors import NoSamplesError
 from mmtransfer.io import load_audio, load_image
 from mmtransfer.train import train, train_config_from_dict
 from tests.tiny_models import tiny_model_config
@@ -461,4 +462,16 @@ def test_train_with_on_error_raise_stops_with_file_line_and_problem(
     with pytest.raises(DataError) as err:
         train(_train_cfg(tmp_path / "run", task, path, "raise"))
     assert f"{path}:4: " in str(err.value) and case.problem in str(err.value)
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_train_stops_when_a_whole_epoch_has_no_usable_sample(zoo: Path, tmp_path: Path) -> None:
+    """Every line passes the manifest's checks but fails to decode or collate: the run ends with NoSamplesError after
+    one epoch of skips, naming the dataset, instead of cycling through them for ever."""
+    lines = [c.line for c in CASES["captioning"] if c.stage in ("dataset", "collate")]
+    path = write_manifest(zoo / "train-all-bad.jsonl", lines)
+    cfg = _train_cfg(tmp_path / "run", "captioning", path, "skip")
+    cfg.batch_size = 2
+    with pytest.raises(NoSamplesError, match="dataset 'captioning': not one usable sample in a whole epoch"):
+        train(cfg)
     assert not (tmp_path / "run" / "final").exists()

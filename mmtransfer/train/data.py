@@ -40,14 +40,23 @@ class TrainData:
         self.primary = primary
         self.skipped = 0
         self.rank, self.world_size = rank, world_size
+        self._empty_since: dict[str, tuple[int, int]] = {}  # dataset -> where its run of empty batches began
 
     def next_batch(self) -> tuple[str, dict[str, Any]]:
-        """The next (task, batch) with at least one sample; batches whose files all failed are passed over."""
+        """The next (task, batch) with at least one sample; batches whose files all failed are passed over, and a
+        dataset that goes a whole epoch without one usable sample raises ``NoSamplesError`` (instead of cycling
+        through its skips for ever)."""
         while True:
             task, batch = next(self.mixture)
             self._report(batch)
             if "input_ids" in batch:
+                self._empty_since.pop(task, None)
                 return task, batch
+            epoch, index = now = tuple(self.mixture.positions[task])
+            since = self._empty_since.setdefault(task, now)
+            if epoch > since[0] and index >= since[1]:
+                raise NoSamplesError(f"dataset '{task}': not one usable sample in a whole epoch (every one was "
+                                     "skipped: see the messages above)")
 
     def _report(self, batch: dict[str, Any]) -> None:
         for skip in batch["skipped"]:
