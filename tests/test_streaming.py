@@ -488,3 +488,22 @@ def test_the_source_registry_serves_every_streaming_source_a_recipe_may_name() -
     assert {"jsonl", *SOURCE_TYPES.names()} == set(SOURCES)
     with pytest.raises(UnknownNameError, match="unknown source 'tar'; valid sources: hf, webdataset"):
         open_source("tar", "x", get_task("captioning"))
+
+
+def test_a_registered_source_can_be_named_in_a_recipe(data: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``Source`` registered under a new name is accepted by the recipe check and opened by ``open_source``."""
+    from mmtransfer.data import source as source_module
+    from mmtransfer.data.source import SOURCE_TYPES
+    from mmtransfer.registry import Registry
+
+    registry = Registry("source")
+    for name in SOURCE_TYPES.names():
+        registry.register(name)(SOURCE_TYPES.get(name))
+    registry.register("tars")(lambda spec, task, columns, split, where: ("opened", spec))
+    monkeypatch.setattr(source_module, "SOURCE_TYPES", registry)
+    monkeypatch.setattr(sys.modules["mmtransfer.data.streaming"], "SOURCE_TYPES", registry)
+    args = _overrides(CAPTIONS, data["syn"], Path("unused"), 1)
+    with pytest.raises(ConfigError, match=r"data\[0\].source: 'tar' is not one of jsonl, webdataset, hf, tars"):
+        load_train_config(CAPTIONS, [*args, "data.0.source=tar"])
+    assert load_train_config(CAPTIONS, [*args, "data.0.source=tars", "data.0.train=shards"]).data[0].source == "tars"
+    assert open_source("tars", "shards", get_task("captioning")) == ("opened", "shards")

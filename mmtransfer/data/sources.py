@@ -3,6 +3,15 @@
 Kept free of heavy imports: a recipe is checked against these before torch loads.
 """
 
-SOURCES = ("jsonl", "webdataset", "hf")
+SOURCES = ("jsonl", "webdataset", "hf")  # the built-in ones
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus")  # what libsndfile reads
+
+
+def source_names() -> tuple[str, ...]:
+    """Every source a recipe may name: the built-in ones, then any other ``Source`` registered in
+    ``mmtransfer.data.source.SOURCE_TYPES`` (by code imported before the recipe is checked)."""
+    from mmtransfer.data import hf_source, webdataset_source  # noqa: F401 (light: each registers its source)
+    from mmtransfer.data.source import SOURCE_TYPES
+
+    return SOURCES + tuple(name for name in SOURCE_TYPES.names() if name not in SOURCES)

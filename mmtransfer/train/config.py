@@ -11,7 +11,7 @@ from mmtransfer.chat import LOSS_ON
 from mmtransfer.config import ConfigError, ModelConfig, TrainableConfig, apply_overrides, from_dict, load_yaml
 from mmtransfer.data.conversations import FORMATS
 from mmtransfer.data.records import ON_ERROR
-from mmtransfer.data.sources import SOURCES
+from mmtransfer.data.sources import source_names
 from mmtransfer.extras import require
 from mmtransfer.tasks import get_task
 from mmtransfer.train.tracking import TRACKERS
@@ -234,8 +234,8 @@ def check_dataset(ds: DatasetConfig, where: str) -> None:
 
 def _validate_source(ds: DatasetConfig, where: str) -> None:
     """The streaming keys of one dataset (mmtransfer.data.streaming)."""
-    if ds.source not in SOURCES:
-        raise ConfigError(f"{where}.source: '{ds.source}' is not one of {', '.join(SOURCES)}")
+    if ds.source not in (names := source_names()):
+        raise ConfigError(f"{where}.source: '{ds.source}' is not one of {', '.join(names)}")
     if ds.source == "jsonl":
         if ds.columns:
             raise ConfigError(f"{where}.columns: only for source webdataset or hf (JSONL keys are the fields)")
