@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asr_fsdd import SCRATCH, ours, read_rows, score, whisper_zero_shot
-from common import CONFIGS, Results, base_parser, require, run_recipe, setup, write_jsonl
+from common import CONFIGS, Results, base_parser, require, run_dir, run_recipe, setup, write_jsonl
 
 TRAIN_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-029")
 TEST_ACCENTS = ("en-us-nyc", "en-gb-x-rp", "en-gb-x-gbcwmd")
@@ -176,7 +176,7 @@ def main() -> None:
                      f"stages.0.steps={args.ctc_steps}", f"stages.1.steps={args.steps}",
                      f"feature_cache={work.parent / 'feature_cache'}", *extra]
         last, secs = run_recipe(CONFIGS / "asr-sentences.yaml", overrides)  # its eval: WER and the media gain
-        preds, refs, eval_s = ours(out / "final", test, 40)
+        preds, refs, eval_s = ours(run_dir(out) / "final", test, 40)
         m = score(preds, refs)
         res.add(task, method, f"{len(read_rows(manifest))} utts, {args.ctc_steps} CTC + {args.steps} LM steps (bs 8)",
                 secs, "WER",

@@ -97,6 +97,12 @@ def timed() -> Any:
         box["s"] = time.perf_counter() - t0
 
 
+def run_dir(default: Path) -> Path:
+    """Where a row's model is saved: ``default``, unless ``--set output_dir=...`` moved it."""
+    moved = [o.split("=", 1)[1] for o in _OVERRIDES if o.startswith("output_dir=")]
+    return Path(moved[-1]) if moved else default
+
+
 def run_recipe(config: str | Path, overrides: list[str]) -> tuple[dict[str, float], float]:
     """Train a recipe (with ``key=value`` overrides) through ``mmtransfer.train``; (final metrics, wall s)."""
     from mmtransfer.train import train

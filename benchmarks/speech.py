@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asr_fsdd import ours as transcribe
 from asr_fsdd import score, whisper_zero_shot
-from common import CONFIGS, Results, base_parser, link_data, require, run_recipe, setup, write_jsonl
+from common import CONFIGS, Results, base_parser, link_data, require, run_dir, run_recipe, setup, write_jsonl
 
 LORA = "trainable: {audio_encoder: frozen, projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}"
 FROZEN = "trainable: {audio_encoder: frozen, projectors: full, decoder: frozen}"
@@ -157,7 +157,7 @@ def main() -> None:
             f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={dev_m}", f"output_dir={out}",
             f"feature_cache={work.parent / 'feature_cache'}", *extra,
         ])
-        preds, _, _ = transcribe(out / "final", dev_m, 32)
+        preds, _, _ = transcribe(run_dir(out) / "final", dev_m, 32)
         s = score(preds, refs)
         res.add(task, method, size, secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
                 metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True)

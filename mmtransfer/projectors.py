@@ -91,14 +91,21 @@ class FrameStack(nn.Module):
     A stack starts every ``stride`` frames (default ``k``: disjoint stacks; a smaller stride overlaps them), so
     [B, N, D] -> [B, ceil(N/stride), D_lm]. ``conv``: a 3-wide convolution over time (GELU) before stacking, as
     speech LLMs put a small convolution in front of their downsampler. A stack is valid when its first frame is.
+
+    ``time_mask: [n, width]``: SpecAugment's time masking, in training only: ``n`` spans per clip, each of a width
+    drawn from [0, ``width``] encoder frames at a random start inside the clip, are zeroed before the stacking. It
+    acts on the encoder's output, not the spectrogram, so a frozen encoder's features can still be cached.
     """
 
     def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden_dim: int | None = None,
-                 stride: int | None = None, conv: bool = False) -> None:
+                 stride: int | None = None, conv: bool = False, time_mask: list[int] | None = None) -> None:
         super().__init__()
         self.k, self.stride = k, stride or k
         if not 1 <= self.stride <= k:
             raise ValueError(f"frame_stack: stride must be in [1, k={k}], got {self.stride}")
+        if time_mask is not None and (len(time_mask) != 2 or min(time_mask) < 0):
+            raise ValueError(f"frame_stack: time_mask must be [spans, max width] (two numbers >= 0), got {time_mask}")
+        self.time_mask = tuple(time_mask) if time_mask else None
         hidden_dim = hidden_dim or out_dim
         self.conv = nn.Sequential(nn.Conv1d(in_dim, in_dim, 3, padding=1), nn.GELU()) if conv else None
         self.net = nn.Sequential(nn.Linear(in_dim * k, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
@@ -106,12 +113,26 @@ class FrameStack(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, d = x.shape
         x = x * mask.unsqueeze(-1)  # padded frames are zeros
+        if self.training and self.time_mask:
+            x = x * time_mask_keep(mask, *self.time_mask).unsqueeze(-1).to(x.dtype)
         if self.conv is not None:
             x = self.conv(x.transpose(1, 2)).transpose(1, 2) * mask.unsqueeze(-1)  # [B, N, D]
         m = -(-n // self.stride)  # stacks
         x = nn.functional.pad(x, (0, 0, 0, (m - 1) * self.stride + self.k - n))  # zero frames past the end
         stacks = x.unfold(1, self.k, self.stride).transpose(2, 3).reshape(b, m, self.k * d)  # [B, M, k*D]
         return self.net(stacks), mask[:, :: self.stride]
+
+
+def time_mask_keep(mask: torch.Tensor, spans: int, width: int) -> torch.Tensor:
+    """[B, N] bool: False on ``spans`` random spans per row (each ``0..width`` frames wide, starting inside the row's
+    valid frames, ``mask`` [B, N]), True elsewhere. Draws from the global RNG (seeded, restored on resume)."""
+    b, n = mask.shape
+    lengths = mask.sum(1, keepdim=True)  # [B, 1]
+    widths = torch.randint(0, width + 1, (b, spans), device=mask.device)
+    starts = (torch.rand(b, spans, device=mask.device) * (lengths - widths).clamp(min=0)).long()  # [B, S]
+    pos = torch.arange(n, device=mask.device).view(1, 1, n)
+    hit = (pos >= starts.unsqueeze(-1)) & (pos < (starts + widths).unsqueeze(-1))  # [B, S, N]
+    return ~hit.any(1)
 
 
 class _GridProjector(nn.Module):

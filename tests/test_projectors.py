@@ -215,3 +215,32 @@ def test_frame_stack_options_keep_padding_out_of_valid_outputs(kwargs: dict) -> 
     n = int(m_alone.sum())
     assert int(m_out.sum()) == n
     torch.testing.assert_close(out[:, :n], alone[:, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_frame_stack_time_mask_zeroes_spans_inside_the_clip_in_training_only() -> None:
+    """``time_mask: [2, 3]``: in training, up to 2 spans of up to 3 frames inside each clip's valid frames are zeroed
+    before stacking (and nothing else); in eval mode the output equals the projector without it."""
+    torch.manual_seed(0)
+    masked = build_projector("frame_stack", 1, 2, k=1, time_mask=[2, 3])
+    plain = build_projector("frame_stack", 1, 2, k=1)
+    plain.load_state_dict(masked.state_dict())
+    x = torch.arange(1.0, 1.0 + 2 * 12).view(2, 12, 1)
+    mask = torch.tensor([[T] * 12, [T] * 8 + [F] * 4])
+    stacked = []
+    masked.net.register_forward_pre_hook(lambda _, args: stacked.append(args[0][..., 0]))
+    zeroed_counts = set()
+    for _ in range(20):
+        masked(x, mask)
+        kept = stacked[-1]
+        for row, valid in ((0, 12), (1, 8)):
+            zeroed = [i for i in range(valid) if kept[row, i] == 0]
+            assert all(kept[row, i] == x[row, i, 0] for i in range(valid) if i not in zeroed)
+            assert len(zeroed) <= 6 and all(kept[row, i] == 0 for i in range(valid, 12))
+            zeroed_counts.add(len(zeroed))
+    assert max(zeroed_counts) > 0 and min(zeroed_counts) < max(zeroed_counts)  # random widths, some masking
+    masked.eval()
+    out, out_mask = masked(x, mask)
+    expected, expected_mask = plain.eval()(x, mask)
+    assert torch.equal(out, expected) and torch.equal(out_mask, expected_mask)
+    with pytest.raises(ValueError, match=r"time_mask must be \[spans, max width\]"):
+        build_projector("frame_stack", 1, 2, k=1, time_mask=[3])
