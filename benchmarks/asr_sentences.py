@@ -129,8 +129,8 @@ def main() -> None:
     p.add_argument("--parts", default="whisper,pretrained,tenth,scratch,scratch_tenth")
     p.add_argument("--train", type=int, default=3000, help="training utterances")
     p.add_argument("--test", type=int, default=300, help="test utterances")
-    p.add_argument("--steps", type=int, default=150, help="LM steps of 8, after the CTC stage")
-    p.add_argument("--ctc-steps", type=int, default=600, help="CTC alignment steps of 8 (projector only)")
+    p.add_argument("--steps", type=int, default=300, help="LM steps of 8, after the CTC stage")
+    p.add_argument("--ctc-steps", type=int, default=1000, help="CTC alignment steps of 8 (projector only)")
     args = p.parse_args()
     if shutil.which("espeak-ng") is None:
         print("skipped: espeak-ng is not installed (Debian / Ubuntu: apt-get install espeak-ng)")
