@@ -8,7 +8,7 @@ encoder over ``video_frames`` sampled frames, each frame its own prefix, in orde
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,14 @@ MODALITIES: dict[str, Modality] = {
     "audio": Modality("audio", "audio", _audio, blank=_silence),
     "video": Modality("video", "image", _video, count=lambda frames: frames, blank=_black),  # per frame
 }
+
+
+def by_encoder(parts: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Media parts grouped by the encoder kind that serves them (a video's parts go to ``image``), in order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        out.setdefault(modality(part["type"]).encoder, []).append(part)
+    return out
 
 
 def modality(name: str) -> Modality:

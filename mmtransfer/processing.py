@@ -12,7 +12,7 @@ from mmtransfer.chat import IGNORE_INDEX, Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import InputError
 from mmtransfer.io import load_audio
-from mmtransfer.modalities import modality
+from mmtransfer.modalities import by_encoder, modality
 from mmtransfer.model.decoder import placeholder_ids
 from mmtransfer.prompts import user_turn
 
@@ -125,11 +125,8 @@ class Processor:
 
     def raw_media(self, media: Sequence[Sequence[dict[str, Any]]], sample_rate: int | None = None) -> dict[str, list]:
         """Each row's media parts -> encoder kind -> raw items in placeholder order."""
-        out: dict[str, list] = {}
-        for parts in media:
-            for part in parts:
-                out.setdefault(modality(part["type"]).encoder, []).extend(self.load(part, sample_rate))
-        return out
+        grouped = by_encoder(part for parts in media for part in parts)
+        return {kind: [x for part in parts for x in self.load(part, sample_rate)] for kind, parts in grouped.items()}
 
     def preprocess(self, kind: str, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Raw items -> the ``kind`` encoder's input tensors [K, ...]."""

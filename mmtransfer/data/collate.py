@@ -10,7 +10,7 @@ from jinja2 import TemplateError
 from mmtransfer.chat import IGNORE_INDEX, Rendered
 from mmtransfer.data.cache import FeatureCache
 from mmtransfer.data.records import Skip, check_on_error, report
-from mmtransfer.modalities import ENCODER_KINDS, modality
+from mmtransfer.modalities import ENCODER_KINDS, by_encoder, modality
 from mmtransfer.model.decoder import context_length
 from mmtransfer.tasks import Task, get_task
 
@@ -161,12 +161,8 @@ class Collator:
 
     def _media(self, rendered: list[Rendered]) -> dict[str, dict[str, torch.Tensor]]:
         """Encoder kind -> inputs (or cached features) for every media part of the batch, in order."""
-        by_kind: dict[str, list[dict[str, Any]]] = {}
-        for r in rendered:
-            for part in r.media:
-                by_kind.setdefault(modality(part["type"]).encoder, []).append(part)
         out = {}
-        for kind, parts in by_kind.items():
+        for kind, parts in by_encoder(part for r in rendered for part in r.media).items():
             cache = self.caches.get(kind)
             if cache is not None and all(_cacheable(p) for p in parts):
                 out[kind] = cache.features([p["file"] for p in parts], lambda idx, ps=parts, k=kind: self._inputs(
