@@ -6,14 +6,20 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEBUG_ENV = "MMTRANSFER_DEBUG"
 
 
-def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, inputs: str,
+Run = Callable[[Any, argparse.Namespace, dict[str, Any]], tuple[list[str], list[str]]]  # -> (inputs, outputs)
+
+
+def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, inputs: str, run: Run,
                       generates: bool = True) -> argparse.ArgumentParser:
-    """A task command; ``generates``: it writes text, so it takes generation options (classify scores labels)."""
+    r"""A task command that ``run``\ s one inference method; ``generates``: it writes text, so it takes generation
+    options (classify scores labels)."""
     p = sub.add_parser(name, help=help_)
     p.add_argument("checkpoint", help="a directory written by save_pretrained / training")
     p.add_argument(inputs, nargs="+")
@@ -21,7 +27,7 @@ def _inference_parser(sub: argparse._SubParsersAction, name: str, help_: str, in
         p.add_argument("--max-new-tokens", type=int, default=32)
         p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.set_defaults(func=_run_inference)
+    p.set_defaults(func=_run_inference, run=run, generates=generates)
     return p
 
 
@@ -29,22 +35,26 @@ def _run_inference(args: argparse.Namespace) -> int:
     import mmtransfer
 
     model = mmtransfer.load(args.checkpoint, device=args.device)
-    gen = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams} if args.command != "classify" else {}
-    if args.command == "caption":
-        outs = model.caption(args.images, **gen)
-        items = args.images
-    elif args.command == "transcribe":
-        outs = model.transcribe(args.audio, **gen)
-        items = args.audio
-    elif args.command == "answer":
-        outs = model.answer([args.image] * len(args.questions), args.questions, **gen)
-        items = args.questions
-    else:
-        outs = model.classify(args.texts)
-        items = args.texts
-    for item, out in zip(items, outs):
+    gen = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams} if args.generates else {}
+    for item, out in zip(*args.run(model, args, gen)):
         print(f"{item}\t{out}")
     return 0
+
+
+def _caption(model: Any, args: argparse.Namespace, gen: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return args.images, model.caption(args.images, **gen)
+
+
+def _transcribe(model: Any, args: argparse.Namespace, gen: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return args.audio, model.transcribe(args.audio, **gen)
+
+
+def _answer(model: Any, args: argparse.Namespace, gen: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return args.questions, model.answer([args.image] * len(args.questions), args.questions, **gen)
+
+
+def _classify(model: Any, args: argparse.Namespace, gen: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return args.texts, model.classify(args.texts)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
@@ -75,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=32)
     chat.add_argument("--num-beams", type=int, default=1)
     chat.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    _inference_parser(sub, "caption", "caption images", "images")
-    _inference_parser(sub, "transcribe", "transcribe audio files", "audio")
-    answer = _inference_parser(sub, "answer", "answer questions about one image", "questions")
+    _inference_parser(sub, "caption", "caption images", "images", _caption)
+    _inference_parser(sub, "transcribe", "transcribe audio files", "audio", _transcribe)
+    answer = _inference_parser(sub, "answer", "answer questions about one image", "questions", _answer)
     answer.add_argument("--image", required=True)
-    _inference_parser(sub, "classify", "label texts (each label scored; no generation options)", "texts",
+    _inference_parser(sub, "classify", "label texts (each label scored; no generation options)", "texts", _classify,
                       generates=False)
     train = sub.add_parser("train", help="train from a recipe YAML; key=value pairs override its fields")
     train.set_defaults(func=_run_train)

@@ -30,6 +30,25 @@ def test_inference_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert lines[3].split("\t")[1] in ("negative", "positive")
 
 
+def test_each_inference_command_prints_its_own_method_s_output(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``caption`` / ``transcribe`` / ``answer`` / ``classify`` print what the API method of that name returns."""
+    model = mmtransfer.build_model(tiny_model_config() | {"labels": ["negative", "positive"]})
+    model.save_pretrained(tmp_path / "m")
+    model = mmtransfer.load(str(tmp_path / "m"))
+    image, audio = str(ASSETS / "sample.png"), str(ASSETS / "sample.wav")
+    gen = {"max_new_tokens": 5, "num_beams": 2}
+    expected = [model.caption([image], **gen)[0], model.transcribe([audio], **gen)[0],
+                model.answer([image], ["what?"], **gen)[0], model.classify(["a great film"])[0]]
+    flags = ["--max-new-tokens", "5", "--num-beams", "2"]
+    for argv in (["caption", image, *flags], ["transcribe", audio, *flags], ["answer", "--image", image, "what?",
+                 *flags], ["classify", "a great film"]):
+        assert main([argv[0], str(tmp_path / "m"), *argv[1:]]) == 0
+    printed = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert printed == expected
+    assert len(set(expected[:3])) > 1  # the three generating methods do not all say the same
+
+
 def test_chat_command_takes_several_images_and_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mmtransfer.build_model(tiny_model_config()).save_pretrained(tmp_path / "m")
     image, audio = str(ASSETS / "sample.png"), str(ASSETS / "sample.wav")
