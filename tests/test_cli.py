@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import mmtransfer
@@ -33,18 +34,24 @@ def test_inference_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_each_inference_command_prints_its_own_method_s_output(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """``caption`` / ``transcribe`` / ``answer`` / ``classify`` print what the API method of that name returns."""
+    torch.manual_seed(0)  # weights whose beam-3 transcript and answer differ from greedy: the flags are seen to apply
     model = mmtransfer.build_model(tiny_model_config() | {"labels": ["negative", "positive"]})
     model.save_pretrained(tmp_path / "m")
     model = mmtransfer.load(str(tmp_path / "m"))
     image, audio = str(ASSETS / "sample.png"), str(ASSETS / "sample.wav")
-    gen = {"max_new_tokens": 5, "num_beams": 2}
-    expected = [model.caption([image], **gen)[0], model.transcribe([audio], **gen)[0],
+
+    def outputs(**gen: int) -> list[str]:
+        return [model.caption([image], **gen)[0], model.transcribe([audio], **gen)[0],
                 model.answer([image], ["what?"], **gen)[0], model.classify(["a great film"])[0]]
-    flags = ["--max-new-tokens", "5", "--num-beams", "2"]
+
+    expected = outputs(max_new_tokens=5, num_beams=3)
+    greedy = outputs(max_new_tokens=5)
+    assert expected[1] != greedy[1] and expected[2] != greedy[2]
+    flags = ["--max-new-tokens", "5", "--num-beams", "3"]
     for argv in (["caption", image, *flags], ["transcribe", audio, *flags], ["answer", "--image", image, "what?",
                  *flags], ["classify", "a great film"]):
         assert main([argv[0], str(tmp_path / "m"), *argv[1:]]) == 0
-    printed = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    printed = [line.split("\t", 1)[1] for line in capsys.readouterr().out.split("\n")[:-1]]
     assert printed == expected
     assert len(set(expected[:3])) > 1  # the three generating methods do not all say the same
 
