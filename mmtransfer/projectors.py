@@ -103,8 +103,8 @@ class FrameStack(nn.Module):
         self.k, self.stride = k, stride or k
         if not 1 <= self.stride <= k:
             raise ValueError(f"frame_stack: stride must be in [1, k={k}], got {self.stride}")
-        if time_mask is not None and (len(time_mask) != 2 or min(time_mask) < 0):
-            raise ValueError(f"frame_stack: time_mask must be [spans, max width] (two numbers >= 0), got {time_mask}")
+        if time_mask is not None and (len(time_mask) != 2 or not all(isinstance(v, int) and v >= 0 for v in time_mask)):
+            raise ValueError(f"frame_stack: time_mask must be [spans, max width] (two integers >= 0), got {time_mask}")
         self.time_mask = tuple(time_mask) if time_mask else None
         hidden_dim = hidden_dim or out_dim
         self.conv = nn.Sequential(nn.Conv1d(in_dim, in_dim, 3, padding=1), nn.GELU()) if conv else None
@@ -128,8 +128,8 @@ def time_mask_keep(mask: torch.Tensor, spans: int, width: int) -> torch.Tensor:
     valid frames, ``mask`` [B, N]), True elsewhere. Draws from the global RNG (seeded, restored on resume)."""
     b, n = mask.shape
     lengths = mask.sum(1, keepdim=True)  # [B, 1]
-    widths = torch.randint(0, width + 1, (b, spans), device=mask.device)
-    starts = (torch.rand(b, spans, device=mask.device) * (lengths - widths).clamp(min=0)).long()  # [B, S]
+    widths = torch.minimum(torch.randint(0, width + 1, (b, spans), device=mask.device), lengths)
+    starts = (torch.rand(b, spans, device=mask.device) * (lengths - widths + 1)).long()  # [B, S], in 0..L-w
     pos = torch.arange(n, device=mask.device).view(1, 1, n)
     hit = (pos >= starts.unsqueeze(-1)) & (pos < (starts + widths).unsqueeze(-1))  # [B, S, N]
     return ~hit.any(1)

@@ -475,3 +475,15 @@ def test_train_stops_when_a_whole_epoch_has_no_usable_sample(zoo: Path, tmp_path
     with pytest.raises(NoSamplesError, match="dataset 'captioning': not one usable sample in a whole epoch"):
         train(cfg)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_train_with_one_usable_sample_per_epoch_does_not_stop(zoo: Path, tmp_path: Path) -> None:
+    """The empty-epoch stop counts whole epochs: one good line among bad ones, in batches of one shuffled anew each
+    epoch, trains to the end however the good batch moves between epochs."""
+    bad = [c.line for c in CASES["captioning"] if c.stage in ("dataset", "collate")][:5]
+    good = next(c.line for c in CASES["captioning"] if c.stage == "ok")
+    path = write_manifest(zoo / "train-one-good.jsonl", [*bad, good])
+    cfg = _train_cfg(tmp_path / "run", "captioning", path, "skip", steps=6)
+    cfg.batch_size = 1
+    train(cfg)
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()

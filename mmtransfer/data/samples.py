@@ -17,11 +17,11 @@ class ToSample:
 
     The checks every reader shares: the task's required fields (``Task.normalize``), a label in ``labels``, and for
     audio the duration from the header (``sample["duration"]``, seconds), neither zero nor over
-    ``max_audio_seconds``. The task's media field holds a path or a ``Blob`` (encoded bytes in memory); a path goes
-    through ``resolve`` (a JSONL manifest's: relative to its media root, checked to exist there), a ``Blob`` is
-    decoded later. A conversational task's record is ``{"messages": [...]}`` with paths or ``Blob``\\ s in its media
-    parts (JSONL conversation files have their own reader, ``read_conversations``, for the LLaVA and ShareGPT
-    layouts)."""
+    ``max_audio_seconds``. The task's media field holds a path or a ``Blob`` (encoded bytes in memory), decoded
+    later. With ``resolve`` (a JSONL manifest's: relative to its media root, checked to exist there) a path goes
+    through it; without it (streaming sources) the source has already placed the path. A conversational task's
+    record is ``{"messages": [...]}`` with paths or ``Blob``\\ s in its media parts (JSONL conversation files have
+    their own reader, ``read_conversations``, for the LLaVA and ShareGPT layouts)."""
 
     def __init__(self, task: Task, labels: Collection[str] | None = None, max_audio_seconds: float | None = None,
                  resolve: Callable[[str], str] | None = None) -> None:
@@ -32,6 +32,8 @@ class ToSample:
         if task.conversational:
             return {"messages": _messages(record.get("messages"))}
         media = record.get(kind) if kind is not None else None
+        if self.resolve is None and media is not None and not isinstance(media, (Blob, str)):
+            raise ValueError(f"'{kind}' must be encoded bytes or a path, got {type(media).__name__}")
         if isinstance(media, Blob):  # the fields' checks see a stand-in; the bytes are checked when decoded
             sample = task.normalize({**record, kind: "<media>"})
             sample[kind] = media

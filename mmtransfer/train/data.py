@@ -52,10 +52,13 @@ class TrainData:
             if "input_ids" in batch:
                 self._empty_since.pop(task, None)
                 return task, batch
-            epoch, index = now = tuple(self.mixture.positions[task])
-            since = self._empty_since.setdefault(task, now)
-            if epoch > since[0] and index >= since[1]:
-                raise NoSamplesError(f"dataset '{task}': not one usable sample in a whole epoch (every one was "
+            epoch = self.mixture.positions[task][0]
+            since = self._empty_since.setdefault(task, tuple(self.mixture.positions[task]))
+            # a whole epoch was empty: the run began at its first batch and the next epoch started, or the run
+            # covers every batch of the epoch after the one it began in (epochs may differ in length and order)
+            if epoch >= since[0] + (1 if since[1] == 1 else 2):
+                where = f" on rank {self.rank}" if self.world_size > 1 else ""
+                raise NoSamplesError(f"dataset '{task}': not one usable sample in a whole epoch{where} (every one was "
                                      "skipped: see the messages above)")
 
     def _report(self, batch: dict[str, Any]) -> None:
