@@ -50,6 +50,8 @@ class InferenceMixin:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
         batch_size: int = 16,
         stop: Sequence[str] = (),
         streamer: BaseStreamer | None = None,
@@ -59,7 +61,9 @@ class InferenceMixin:
         ``sample_rate`` or ``sample_rate`` here). ``stop``: strings that end a row's generation; the answer ends
         before the first one (as OpenAI's ``stop``). ``streamer``: a transformers streamer handed to each
         ``generate`` call (one per ``batch_size`` conversations; it gets their new tokens [b] each step; one with a
-        ``prompt(lengths)`` method is first told each row's prompt length in positions, media included)."""
+        ``prompt(lengths)`` method is first told each row's prompt length in positions, media included).
+        ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, applied to the new tokens (the prompt
+        is embeddings, not ids): they stop a small model looping on a word."""
         single = bool(conversations) and isinstance(conversations[0], dict)
         convs = [list(conversations)] if single else [list(c) for c in conversations]
         for conv in convs:
@@ -69,7 +73,8 @@ class InferenceMixin:
             batch = self.processor(convs[i : i + batch_size], add_generation_prompt=True, sample_rate=sample_rate)
             results += self._generate_batch(
                 to_device(batch, self.device), max_new_tokens=max_new_tokens, num_beams=num_beams,
-                do_sample=do_sample, temperature=temperature, top_p=top_p, streamer=streamer, stop=tuple(stop),
+                do_sample=do_sample, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size, streamer=streamer, stop=tuple(stop),
             )
         return results[0] if single else results
 

@@ -112,3 +112,29 @@ def test_label_scoring_with_a_shared_prompt_equals_scoring_each_pair(decoder_arc
     torch.testing.assert_close(shared, each, atol=1e-4, rtol=0)
     model.config.labels = ["positive", "negative", "very mixed feelings indeed"]
     assert model.classify(prompts) == [model.config.labels[j] for j in each.argmax(-1).tolist()]
+
+
+def test_repetition_options_reach_generate_and_stop_the_loops(peaked: mmtransfer.MultimodalGPT,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``no_repeat_ngram_size=1``: no new token repeats in a row (the tiny model repeats without it);
+    ``repetition_penalty`` reaches ``generate`` as given."""
+    calls = []
+    real = peaked.decoder.generate
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        out = real(*args, **kwargs)
+        calls.append((kwargs, out))
+        return out
+
+    monkeypatch.setattr(peaked.decoder, "generate", spy)
+    images = _images(3)
+    special = set(peaked.tokenizer.all_special_ids)
+
+    def new_tokens(**gen: object) -> list[list[int]]:
+        peaked.caption(images, max_new_tokens=8, **gen)
+        return [[t for t in row.tolist() if t not in special] for row in calls[-1][1]]
+
+    assert any(len(set(row)) < len(row) for row in new_tokens())
+    assert all(len(set(row)) == len(row) for row in new_tokens(no_repeat_ngram_size=1))
+    new_tokens(repetition_penalty=1.3)
+    assert calls[-1][0]["repetition_penalty"] == 1.3 and calls[0][0]["no_repeat_ngram_size"] == 0
