@@ -176,7 +176,7 @@ def main() -> None:
                      f"stages.0.steps={args.ctc_steps}", f"stages.1.steps={args.steps}",
                      f"feature_cache={work.parent / 'feature_cache'}", *extra]
         last, secs = run_recipe(CONFIGS / "asr-sentences.yaml", overrides)  # its eval: WER and the media gain
-        preds, refs, eval_s = ours(run_dir(out) / "final", test, 40)
+        preds, refs, eval_s = ours(run_dir(CONFIGS / "asr-sentences.yaml", overrides) / "final", test, 40)
         m = score(preds, refs)
         res.add(task, method, f"{len(read_rows(manifest))} utts, {args.ctc_steps} CTC + {args.steps} LM steps (bs 8)",
                 secs, "WER",

@@ -97,10 +97,12 @@ def timed() -> Any:
         box["s"] = time.perf_counter() - t0
 
 
-def run_dir(default: Path) -> Path:
-    """Where a row's model is saved: ``default``, unless ``--set output_dir=...`` moved it."""
-    moved = [o.split("=", 1)[1] for o in _OVERRIDES if o.startswith("output_dir=")]
-    return Path(moved[-1]) if moved else default
+def run_dir(config: str | Path, overrides: list[str]) -> Path:
+    """Where ``run_recipe(config, overrides)`` saves its model: the recipe's ``output_dir`` after the row's overrides
+    and ``--set`` (read by the recipe loader itself, so quoting and ``~`` mean what they mean in training)."""
+    from mmtransfer.train.config import load_train_config
+
+    return Path(load_train_config(config, [*overrides, *_OVERRIDES]).output_dir)
 
 
 def run_recipe(config: str | Path, overrides: list[str]) -> tuple[dict[str, float], float]:

@@ -152,12 +152,11 @@ def main() -> None:
     ):
         if part not in parts:
             continue
-        out = work / "runs" / part
-        last, secs = run_recipe(CONFIGS / "speechocean-asr.yaml", [
-            f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={dev_m}", f"output_dir={out}",
-            f"feature_cache={work.parent / 'feature_cache'}", *extra,
-        ])
-        preds, _, _ = transcribe(run_dir(out) / "final", dev_m, 32)
+        config = CONFIGS / "speechocean-asr.yaml"
+        overrides = [f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={dev_m}",
+                     f"output_dir={work / 'runs' / part}", f"feature_cache={work.parent / 'feature_cache'}", *extra]
+        last, secs = run_recipe(config, overrides)
+        preds, _, _ = transcribe(run_dir(config, overrides) / "final", dev_m, 32)
         s = score(preds, refs)
         res.add(task, method, size, secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
                 metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True)
