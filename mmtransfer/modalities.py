@@ -2,8 +2,9 @@
 
 A media part ``{"type": name, name: value}`` goes through the encoder and projector of ``encoder`` (the
 ``<encoder>_encoder`` / ``<encoder>_projector`` config fields) and becomes ``count`` prefixes, each
-standing at one ``<encoder>`` placeholder. Adding a modality is one entry here: video is the image
-encoder over ``video_frames`` sampled frames, each frame its own prefix, in order.
+standing at one ``<encoder>`` placeholder. Adding a modality that an encoder kind serves is one entry: here for
+the built-ins (video is the image encoder over ``video_frames`` sampled frames, each frame its own prefix, in
+order), or ``register_modality`` from user code (a depth map or a spectrogram image through the image encoder).
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ MODALITIES: dict[str, Modality] = {
     "audio": Modality("audio", "audio", _audio, blank=_silence),
     "video": Modality("video", "image", _video, count=lambda frames: frames, blank=_black),  # per frame
 }
+
+
+def register_modality(spec: Modality) -> None:
+    """Add a part type to the table, from user code: conversation files, ``chat``, the collator and the media gain
+    read it from then on. InputError if the name is taken or no encoder kind ``spec.encoder`` exists."""
+    if spec.name in MODALITIES or spec.name == "text":
+        raise InputError(f"'{spec.name}' is already a modality")
+    if spec.encoder not in ENCODER_KINDS:
+        raise InputError(f"no encoder kind '{spec.encoder}'; known: {', '.join(ENCODER_KINDS)}")
+    MODALITIES[spec.name] = spec
 
 
 def by_encoder(parts: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -2,8 +2,9 @@
 
 A normalised sample is ``{"messages": [{"role", "content": [part, ...]}, ...], "source": (file, number)}``;
 a part is ``{"type": "text", "text": str}`` or ``{"type": kind, kind: absolute path}`` for ``kind`` in
-``MEDIA_KINDS``. Media paths are relative to the file's directory (or absolute, but inside it). Errors name
-the message by its 1-based number in the (converted) message list, as ``message 2: ...``.
+the modality table (``mmtransfer.modalities.MODALITIES``, read at each call). Media paths are relative to the
+file's directory (or absolute, but inside it). Errors name the message by its 1-based number in the (converted)
+message list, as ``message 2: ...``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from mmtransfer.errors import ConfigError, MissingFileError
 from mmtransfer.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
-MEDIA_KINDS = tuple(MODALITIES)
 FORMATS = ("auto", "messages", "llava", "sharegpt")
 SPEAKERS = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
-SHAREGPT_KEYS = frozenset({"images", "audios", "videos", "system"})
 
 
 def normalize_messages(messages: Any, root: str) -> list[dict]:
@@ -145,7 +144,7 @@ def _detect(records: list[tuple[int, dict | ValueError]]) -> str:
         if "messages" in record:
             return "messages"
         if "conversations" in record:
-            if SHAREGPT_KEYS & record.keys():
+            if record.keys() & {"system", *(f"{kind}s" for kind in MODALITIES)}:  # ShareGPT's media lists
                 return "sharegpt"
             if "image" in record:
                 return "llava"
@@ -191,7 +190,7 @@ def _from_sharegpt(record: dict) -> list[dict]:
         raise ValueError("'system' must be a string")
     if system is not None and system.strip():
         turns.insert(0, ("system", system))
-    media = {kind: _paths(record.get(f"{kind}s"), f"{kind}s") for kind in MEDIA_KINDS}
+    media = {kind: _paths(record.get(f"{kind}s"), f"{kind}s") for kind in MODALITIES}
     return _convert(turns, media, ROLES)
 
 
