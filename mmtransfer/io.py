@@ -98,7 +98,7 @@ def audio_seconds(source: PathLike | bytes, name: str) -> float:
     try:
         info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise InputError(f"could not read the audio header of {name}: {_libsndfile_reason(err)}") from None
+        raise InputError(f"cannot read audio file {name}: {_libsndfile_reason(err)}") from None
     return info.frames / info.samplerate
 
 

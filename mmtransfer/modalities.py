@@ -9,6 +9,7 @@ order), or ``register_modality`` from user code (a depth map or a spectrogram im
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mmtransfer.errors import InputError
-from mmtransfer.io import load_audio, load_image
+from mmtransfer.io import audio_seconds, decode_image, load_audio, load_image, read_audio
 
 # encoder kind -> the placeholder token that stands for one of its prefixes
 PLACEHOLDERS = {"image": "<image>", "audio": "<audio>"}
@@ -35,13 +36,25 @@ class Modality:
     one per prefix; ``count(frames)`` how many prefixes a part becomes; ``blank(like, sample_rate)`` one neutral
     raw item: a black image, silence, of ``like``'s size or length (a raw item of this kind) or a default one
     without it. Blanks measure the media gain (``mmtransfer.media_gain``) and, for the encoder's own kinds, give
-    the pass that keeps every rank running the same modules."""
+    the pass that keeps every rank running the same modules.
+
+    ``from_bytes(data, name, sample_rate) -> raw item`` decodes encoded bytes held in memory (a shard member, a
+    dataset cell); None: this medium comes from files only. ``seconds(path or bytes, name)`` reads a duration from
+    the header without decoding, for media with a sample rate (``timed``: audio): readers skip clips over
+    ``max_audio_seconds`` and bucket by it, and datasets need the encoder's sample rate to decode them."""
 
     name: str
     encoder: str
     load: Callable[[dict[str, Any], int | None, int], list[Any]]
     blank: Callable[[Any, int | None], Any]
     count: Callable[[int], int] = lambda frames: 1
+    from_bytes: Callable[[bytes, str, int | None], Any] | None = None
+    seconds: Callable[[Any, str], float] | None = None
+
+    @property
+    def timed(self) -> bool:
+        """Whether this medium has a duration and a sample rate (audio)."""
+        return self.seconds is not None
 
 
 def _audio(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Any]:
@@ -56,6 +69,15 @@ def _video(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[A
     return load_video(part["video"], frames)
 
 
+def _image_bytes(data: bytes, name: str, sample_rate: int | None) -> Image.Image:
+    return decode_image(io.BytesIO(data), name)
+
+
+def _audio_bytes(data: bytes, name: str, sample_rate: int | None) -> np.ndarray:
+    wave, rate = read_audio(data, name)
+    return load_audio(wave, sample_rate, rate)
+
+
 def _black(like: Image.Image | None, rate: int | None) -> Image.Image:
     """A black RGB image of ``like``'s size (32 x 32 without it)."""
     return Image.new("RGB", like.size if like is not None else (32, 32))
@@ -67,8 +89,9 @@ def _silence(like: np.ndarray | None, rate: int | None) -> np.ndarray:
 
 
 MODALITIES: dict[str, Modality] = {
-    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])], blank=_black),
-    "audio": Modality("audio", "audio", _audio, blank=_silence),
+    "image": Modality("image", "image", lambda part, rate, frames: [load_image(part["image"])], blank=_black,
+                      from_bytes=_image_bytes),
+    "audio": Modality("audio", "audio", _audio, blank=_silence, from_bytes=_audio_bytes, seconds=audio_seconds),
     "video": Modality("video", "image", _video, count=lambda frames: frames, blank=_black),  # per frame
 }
 

@@ -116,10 +116,10 @@ class Processor:
         spec = modality(part["type"])
         rate = getattr(self.encoders.get(spec.encoder), "sample_rate", None)
         if part.get("raw") is not None:
-            if spec.encoder == "audio" and part.get("sample_rate", rate) != rate:  # decoded at another rate
+            if spec.timed and part.get("sample_rate", rate) != rate:  # decoded at another rate
                 return [load_audio(x, rate, part["sample_rate"]) for x in part["raw"]]
             return part["raw"]
-        if spec.encoder == "audio" and "sample_rate" not in part and sample_rate is not None:
+        if spec.timed and "sample_rate" not in part and sample_rate is not None:
             part = {**part, "sample_rate": sample_rate}
         return spec.load(part, rate, self.video_frames)
 

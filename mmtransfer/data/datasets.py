@@ -8,7 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from mmtransfer.chat import parts
-from mmtransfer.data.records import Blob, Skip, audio_seconds, check_on_error, report
+from mmtransfer.data.records import Blob, Skip, check_on_error, report
 from mmtransfer.modalities import modality as modality_of
 from mmtransfer.tasks import Sample, Task, get_task
 
@@ -50,10 +50,10 @@ class TaskDataset(Dataset):
     ) -> None:
         check_on_error(on_error)
         self.task = get_task(task)
-        if self.task.modality == "audio" and sample_rate is None:
-            raise ValueError(
-                "an audio task needs sample_rate (the audio encoder's, e.g. model.encoders['audio'].sample_rate)"
-            )
+        self.spec = modality_of(self.task.modality) if self.task.modality is not None else None
+        if self.spec is not None and self.spec.timed and sample_rate is None:
+            raise ValueError(f"an {self.spec.name} task needs sample_rate (the {self.spec.encoder} encoder's, e.g. "
+                             f"model.encoders['{self.spec.encoder}'].sample_rate)")
         self.samples = list(samples)
         self.sample_rate = sample_rate
         self.on_error = on_error
@@ -98,7 +98,7 @@ class TaskDataset(Dataset):
             return skip
         if isinstance(sample[modality], str):  # a path (in-memory media, a ``Blob``, has none)
             item["file"] = sample[modality]
-        if modality == "audio":
+        if self.spec.timed:
             item["sample_rate"] = self.sample_rate
         return item
 
@@ -128,8 +128,9 @@ class TaskDataset(Dataset):
             sample = self.samples[i]
             if "messages" in sample:
                 out.append(sum(len(p["text"]) for m in sample["messages"] for p in parts(m) if p["type"] == "text"))
-            elif self.task.modality == "audio":
-                out.append(sample["duration"] if "duration" in sample else audio_seconds(sample["audio"]))
+            elif self.spec is not None and self.spec.timed:
+                media = sample[self.spec.name]
+                out.append(sample["duration"] if "duration" in sample else self.spec.seconds(media, str(media)))
             else:
                 out.append(sum(len(v) for v in self.task.prompt_fields(sample).values()) + len(target))
         return out

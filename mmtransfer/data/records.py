@@ -4,7 +4,6 @@ it before torch loads)."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -61,17 +60,6 @@ class Manifest(Sequence[dict[str, Any]]):
         return self.samples[index]
 
 
-def audio_seconds(path: str | os.PathLike) -> float:
-    """Duration from the file header (no decoding). ValueError if the header cannot be read."""
-    import soundfile as sf  # here, not at the top: this module stays light for the recipe checks
-
-    try:
-        info = sf.info(str(path))
-    except RuntimeError as err:  # soundfile's LibsndfileError
-        raise ValueError(f"cannot read audio file {path}: {err}") from None
-    return info.frames / info.samplerate
-
-
 def json_object(raw: bytes | Any) -> dict:
     """A JSONL line (bytes) or an already parsed JSON value -> the object; ValueError says why not."""
     try:
@@ -120,21 +108,22 @@ class Blob:
         return f"Blob({self.name!r})"
 
     def open(self, kind: str, sample_rate: int | None = None) -> Any:
-        """Decode: a PIL RGB image (``kind`` image) or float32 mono audio at ``sample_rate``. ValueError on bad
-        bytes, naming the blob."""
-        import numpy as np
+        """Decode through the modality table's ``from_bytes`` of ``kind`` (an image: PIL RGB; audio: float32 mono
+        at ``sample_rate``). ValueError on bad bytes, naming the blob, or for a medium that files alone carry."""
+        # here, not at the top: the table imports the decoders, and this module stays light for recipe checks
+        from mmtransfer.modalities import MODALITIES, modality
 
-        from mmtransfer.io import decode_image, load_audio, read_audio
+        spec = modality(kind)
+        if self.array is not None:  # a waveform a dataset decoded already, at ``rate``
+            import numpy as np
 
-        if kind == "image":
-            return decode_image(io.BytesIO(self.data), self.name)
-        if kind != "audio":
-            raise ValueError(f"{self.name}: {kind} media cannot come from a shard or dataset cell (only image, "
-                             "audio)")
-        if self.array is not None:
+            from mmtransfer.io import load_audio
+
             return load_audio(np.asarray(self.array, dtype=np.float32), sample_rate, self._array_rate())
-        wave, rate = read_audio(self.data, self.name)
-        return load_audio(wave, sample_rate, rate)
+        if spec.from_bytes is None:
+            known = ", ".join(name for name, m in MODALITIES.items() if m.from_bytes is not None)
+            raise ValueError(f"{self.name}: {kind} media cannot come from a shard or dataset cell (only {known})")
+        return spec.from_bytes(self.data, self.name, sample_rate)
 
     def _array_rate(self) -> int:
         if not self.rate:

@@ -8,7 +8,8 @@ from typing import Any
 
 from mmtransfer.chat import check_conversation, parts
 from mmtransfer.data.conversations import check_trainable
-from mmtransfer.data.records import Blob, audio_seconds
+from mmtransfer.data.records import Blob
+from mmtransfer.modalities import Modality, modality
 from mmtransfer.tasks import Sample, Task
 
 
@@ -16,12 +17,12 @@ class ToSample:
     """A record (a dict of fields) -> a checked sample of ``task``; ValueError says why not.
 
     The checks every reader shares: the task's required fields (``Task.normalize``), a label in ``labels``, and for
-    audio the duration from the header (``sample["duration"]``, seconds), neither zero nor over
-    ``max_audio_seconds``. The task's media field holds a path or a ``Blob`` (encoded bytes in memory), decoded
-    later. With ``resolve`` (a JSONL manifest's: relative to its media root, checked to exist there) a path goes
-    through it; without it (streaming sources) the source has already placed the path. A conversational task's
-    record is ``{"messages": [...]}`` with paths or ``Blob``\\ s in its media parts (JSONL conversation files have
-    their own reader, ``read_conversations``, for the LLaVA and ShareGPT layouts)."""
+    timed media (audio: ``Modality.seconds``) the duration from the header (``sample["duration"]``, seconds),
+    neither zero nor over ``max_audio_seconds``. The task's media field holds a path or a ``Blob`` (encoded bytes in
+    memory), decoded later. With ``resolve`` (a JSONL manifest's: relative to its media root, checked to exist
+    there) a path goes through it; without it (streaming sources) the source has already placed the path. A
+    conversational task's record is ``{"messages": [...]}`` with paths or ``Blob``\\ s in its media parts (JSONL
+    conversation files have their own reader, ``read_conversations``, for the LLaVA and ShareGPT layouts)."""
 
     def __init__(self, task: Task, labels: Collection[str] | None = None, max_audio_seconds: float | None = None,
                  resolve: Callable[[str], str] | None = None) -> None:
@@ -43,17 +44,17 @@ class ToSample:
                 sample[kind] = self.resolve(sample[kind])
         if self.labels is not None and "label" in sample and sample["label"] not in self.labels:
             raise ValueError(f"unknown label '{sample['label']}'; labels are {sorted(self.labels)}")
-        if kind == "audio":
-            self._check_duration(sample)
+        if kind is not None and modality(kind).timed:
+            self._check_duration(sample, modality(kind))
         return sample
 
-    def _check_duration(self, sample: Sample) -> None:
-        media = sample["audio"]
-        sample["duration"] = media.seconds() if isinstance(media, Blob) else audio_seconds(media)
+    def _check_duration(self, sample: Sample, spec: Modality) -> None:
+        media = sample[spec.name]
+        sample["duration"] = media.seconds() if isinstance(media, Blob) else spec.seconds(media, str(media))
         if sample["duration"] == 0:
-            raise ValueError(f"audio is empty: {media.name if isinstance(media, Blob) else media}")
+            raise ValueError(f"{spec.name} is empty: {media.name if isinstance(media, Blob) else media}")
         if self.max_audio_seconds is not None and sample["duration"] > self.max_audio_seconds:
-            raise ValueError(f"audio is {sample['duration']:.1f} s, longer than max_audio_seconds="
+            raise ValueError(f"{spec.name} is {sample['duration']:.1f} s, longer than max_audio_seconds="
                              f"{self.max_audio_seconds}")
 
 
