@@ -4,6 +4,7 @@ and gets its own media gain. Nothing outside this file names it."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +19,30 @@ from mmtransfer import media_gain
 from mmtransfer.bundled import RECIPES
 from mmtransfer.chat import check_conversation
 from mmtransfer.data.conversations import read_conversations
+from mmtransfer.data.records import Blob
 from mmtransfer.errors import InputError
 from mmtransfer.modalities import MODALITIES, Modality, modality, register_modality
 from mmtransfer.train import load_train_config, train
 
 
+def _grey(depth: np.ndarray) -> Image.Image:
+    """A depth map [H, W] in metres -> a grey RGB image, near bright, far dark (0-10 m)."""
+    return Image.fromarray((255 * (1 - np.clip(depth, 0, 10) / 10)).astype(np.uint8)).convert("RGB")
+
+
 def _load_depth(part: dict[str, Any], sample_rate: int | None, frames: int) -> list[Image.Image]:
-    """A depth map [H, W] in metres -> one grey RGB image, near bright, far dark (0-10 m)."""
-    depth = np.load(part["depth"])
-    grey = (255 * (1 - np.clip(depth, 0, 10) / 10)).astype(np.uint8)
-    return [Image.fromarray(grey).convert("RGB")]
+    return [_grey(np.load(part["depth"]))]
+
+
+def _depth_bytes(data: bytes, name: str, sample_rate: int | None) -> Image.Image:
+    return _grey(np.load(io.BytesIO(data)))
 
 
 def _blank_depth(like: Image.Image | None, sample_rate: int | None) -> Image.Image:
     return Image.new("RGB", like.size if like is not None else (32, 32))
 
 
-DEPTH = Modality("depth", "image", _load_depth, blank=_blank_depth)
+DEPTH = Modality("depth", "image", _load_depth, blank=_blank_depth, from_bytes=_depth_bytes)
 
 
 @pytest.fixture
@@ -93,3 +101,14 @@ def test_a_toy_modality_registered_in_one_place_trains_answers_and_reports_its_g
     answers = model.chat([conv, [{**conv[0], "content": [{"type": "depth", "depth": str(tmp_path / "d1_1.npy")},
                                                          conv[0]["content"][1]]}]])
     assert answers == ["near", "far"]
+
+
+def test_a_registered_modality_decodes_from_bytes_held_in_memory(depth: Modality) -> None:
+    """Shards and dataset cells hold media as bytes (``Blob``); the table's ``from_bytes`` decodes them."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.full((8, 6), 1.0, dtype=np.float32))
+    image = Blob("shard-0.tar:k0.npy", data=buffer.getvalue()).open("depth")
+    assert image.size == (6, 8) and np.asarray(image).min() == 229  # 1 m of 10: 90% bright
+    with pytest.raises(ValueError, match="video media cannot come from a shard or dataset cell "
+                                         r"\(only image, audio, depth\)"):
+        Blob("shard-0.tar:k0.mp4", data=b"x").open("video")
