@@ -8,6 +8,11 @@ every question asked about them), so no dev photo is seen in training. Parts (``
 * ``ours``: ``mmtransfer/recipes/daquar-vqa.yaml`` (frozen EfficientNet-Lite0, 49 tokens, MLP projector,
   SmolLM2-135M-Instruct + LoRA r=16); its eval also reports the media gain (the dev questions with black images).
 * ``blind``: the same recipe, steps and seed with every image (train and dev) replaced by one black image.
+* ``turns`` / ``turns_blind``: the same recipe trained on each photo's questions as multi-turn conversations
+  (LLaVA's layout: the photo once, then up to ``--turns`` question/answer pairs), mixed with single questions
+  (a ``--single-share`` of the steps). An answer is one or two tokens, so a single-question step spends almost all
+  its compute on the 49 image tokens and the prompt; a conversation pays for the photo once per ``--turns``
+  answers. Scored on the same single dev questions; ``turns_blind`` is the same with every image black.
 
 Scored by exact match after VQA answer normalisation (``mmtransfer.metrics.vqa_accuracy``, one reference each).
 
@@ -53,11 +58,34 @@ def prior_answers(train: list[dict], dev: list[dict]) -> list[str]:
     return out
 
 
+def conversations(rows: list[dict], turns: int, seed: int = 0) -> list[dict]:
+    """Each photo's questions (seeded order) as conversations of up to ``turns`` question/answer pairs, the photo
+    before the first question: the single-question prompt, repeated."""
+    by_image: dict[str, list[dict]] = {}
+    for r in rows:
+        by_image.setdefault(r["image"], []).append(r)
+    out = []
+    rng = random.Random(seed)
+    for image, qs in sorted(by_image.items()):
+        rng.shuffle(qs)
+        for start in range(0, len(qs), turns):
+            messages = []
+            for k, r in enumerate(qs[start:start + turns]):
+                text = {"type": "text", "text": f"Question: {r['question']}\nAnswer:"}
+                content = [{"type": "image", "image": image}, text] if k == 0 else [text]
+                messages += [{"role": "user", "content": content}, {"role": "assistant", "content": " " + r["answer"]}]
+            out.append({"messages": messages})
+    return out
+
+
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0], "daquar")
     p.add_argument("--parts", default="prior,ours,blind")
     p.add_argument("--steps", type=int, default=250, help="training steps of 16 questions (ours and blind)")
     p.add_argument("--dev-images", type=int, default=80, help="training images held out as the dev split")
+    p.add_argument("--turn-steps", type=int, default=200, help="turns rows: training steps of 8 conversations")
+    p.add_argument("--turns", type=int, default=8, help="turns rows: question/answer pairs per conversation")
+    p.add_argument("--single-share", type=float, default=0.2, help="turns rows: the share of single-question steps")
     args = p.parse_args()
     setup(args)
     from PIL import Image
@@ -73,6 +101,9 @@ def main() -> None:
     Image.new("RGB", (320, 240)).save(work / "black.png")
     for name, rows in (("train", train), ("dev", dev)):
         write_jsonl(work / f"{name}_blind.jsonl", [{**r, "image": "black.png"} for r in rows])
+    convs = conversations(train, args.turns)
+    write_jsonl(work / "turns.jsonl", convs)
+    write_jsonl(work / "turns_blind.jsonl", conversations([{**r, "image": "black.png"} for r in train], args.turns))
     refs = [[r["answer"]] for r in dev]
     task = f"DAQUAR dev ({len(dev)} questions on {args.dev_images} unseen photos)"
     size = f"{len(train)} Q/A on {len({r['image'] for r in train})} photos, {args.steps} steps (bs 16)"
@@ -88,6 +119,21 @@ def main() -> None:
         last, secs = run_recipe(CONFIGS / "daquar-vqa.yaml", [
             f"data.0.train={work / f'train{suffix}.jsonl'}", f"data.0.eval={work / f'dev{suffix}.jsonl'}",
             f"output_dir={work / 'runs' / part}", f"stages.0.steps={args.steps}",
+            f"feature_cache={work.parent / 'feature_cache'}",
+        ])
+        res.add(task, method, size, secs, "accuracy", last.get("vqa/vqa_accuracy", float("nan")),
+                "see prior / blind rows", metrics=last, eval_included_in_train_s=True)
+    size = (f"{len(convs)} conversations of up to {args.turns} Q/A ({len(train)} Q/A), {args.turn_steps} steps (bs 8, "
+            f"{args.single_share:.0%} single questions)")
+    for part, suffix, method in (("turns", "", "same, trained on multi-turn conversations (one per photo)"),
+                                 ("turns_blind", "_blind", "blind: the multi-turn recipe with every image black")):
+        if part not in parts:
+            continue
+        last, secs = run_recipe(CONFIGS / "daquar-vqa.yaml", [
+            f"data=[{{task: chat, name: turns, train: {work / f'turns{suffix}.jsonl'}}}, "
+            f"{{task: vqa, train: {work / f'train{suffix}.jsonl'}, eval: {work / f'dev{suffix}.jsonl'}, "
+            f"weight: {args.single_share / (1 - args.single_share):.4f}}}]",
+            f"output_dir={work / 'runs' / part}", f"stages.0.steps={args.turn_steps}", "batch_size=8",
             f"feature_cache={work.parent / 'feature_cache'}",
         ])
         res.add(task, method, size, secs, "accuracy", last.get("vqa/vqa_accuracy", float("nan")),
