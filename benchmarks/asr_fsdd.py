@@ -30,6 +30,7 @@ import random
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -133,8 +134,9 @@ def whisper_zero_shot(manifest: Path, batch_size: int = 16, max_new_tokens: int 
     return preds, [r["text"] for r in rows], t["s"]
 
 
-def ours(model_dir: Path, manifest: Path, max_new_tokens: int) -> tuple[list[str], list[str], float]:
-    """A trained model's greedy transcripts of a manifest; (predictions, refs, wall s)."""
+def ours(model_dir: Path, manifest: Path, max_new_tokens: int, **gen_kwargs: Any) -> tuple[list[str], list[str], float]:
+    """A trained model's transcripts of a manifest (greedy, or ``gen_kwargs``: ``transcribe``'s decoding options);
+    (predictions, refs, wall s)."""
     import torch
 
     import mmtransfer
@@ -147,7 +149,7 @@ def ours(model_dir: Path, manifest: Path, max_new_tokens: int) -> tuple[list[str
     dataset = TaskDataset(samples, task, sample_rate=model.encoders["audio"].sample_rate)
     items = [dataset[i] for i in range(len(dataset))]
     with timed() as t, torch.inference_mode():
-        preds = task.predict(model, items, 32, max_new_tokens=max_new_tokens)
+        preds = task.predict(model, items, 32, max_new_tokens=max_new_tokens, **gen_kwargs)
     return preds, [s["text"] for s in samples], t["s"]
 
 

@@ -15,6 +15,10 @@ form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
   seq2seq, the whole model at lr 1e-5 as in Hugging Face's Whisper fine-tuning guide), for the wall time our
   ``ours`` row trained (``--finetune-seconds`` when run alone).
 
+* ``decode``: an ``ours`` run's saved model (``--decode-run``, default the ``ours`` row's folder) transcribed again
+  with generate's options against repetition loops (``no_repeat_ngram_size`` 3, ``repetition_penalty`` 1.2), beside
+  greedy decoding: no training.
+
 WER after one normaliser for every system (``asr_fsdd.normalise``: lowercase, punctuation removed, digits spelt).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speech.py --out outputs/bench/speech/results.json
@@ -120,6 +124,7 @@ def main() -> None:
     p.add_argument("--ctc-steps", type=int, default=1000, help="ours: CTC alignment steps of 8, before --steps")
     p.add_argument("--dev-speakers", type=int, default=15)
     p.add_argument("--finetune-seconds", type=float, default=None)
+    p.add_argument("--decode-run", default=None, help="decode: a saved run folder (default: the ours row's)")
     args = p.parse_args()
     setup(args)
     src = require(Path(args.data) / "speechocean762", "speechocean762")
@@ -161,6 +166,15 @@ def main() -> None:
         res.add(task, method, size, secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
                 metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True)
         trained_s = trained_s or secs
+    if "decode" in parts:
+        model_dir = Path(args.decode_run or run_dir(CONFIGS / "speechocean-asr.yaml",
+                                                    [f"output_dir={work / 'runs' / 'ours'}"])) / "final"
+        for label, options in (("greedy", {}), ("no_repeat_ngram_size 3", {"no_repeat_ngram_size": 3}),
+                               ("repetition_penalty 1.2", {"repetition_penalty": 1.2})):
+            preds, _, secs = transcribe(model_dir, dev_m, 32, **options)
+            s = score(preds, refs)
+            res.add(task, f"{model_dir.parent.name}, decoded with {label}", size, None, "WER", s["wer"], "",
+                    cer=round(s["cer"], 4), eval_s=round(secs, 1), examples=list(zip(refs[:5], preds[:5])))
     if "finetune" in parts:
         budget = trained_s or 900.0
         preds, n = finetune_whisper(train, dev_m, work, budget)
