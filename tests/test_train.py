@@ -254,3 +254,39 @@ def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmt
         # 1e-5 is a hundredth of one step: the attention key bias has a gradient of zero up to rounding
         # (softmax ignores a shift shared by all keys), and Adam scales that rounding noise up to the lr
         assert torch.allclose(after[0][name], after[1][name], atol=1e-5), name
+
+
+def test_a_stage_that_unfreezes_a_cached_encoder_trains_it_from_its_inputs(
+    synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feature cache serves a frozen encoder's outputs; once a later stage trains that encoder, its batches
+    must carry the encoder's inputs again, or the encoder would get no gradient and silently stay as it was."""
+    from mmtransfer.train import loop
+
+    path = RECIPES / "asr-tiny.yaml"
+    cfg = load_train_config(path, _overrides(path, synthetic, tmp_path / "run", 4) + [
+        f"feature_cache={tmp_path / 'cache'}", "model.trainable.audio_encoder=frozen",
+        "stages=[{name: frozen, steps: 3}, {name: thawed, steps: 3, trainable: {audio_encoder: full}}]"])
+    built = {}
+    real_build = loop.build_model
+
+    def build(model_cfg):  # noqa: ANN001, ANN202
+        built["model"] = real_build(model_cfg)
+        built["start"] = {n: p.detach().clone() for n, p in built["model"].encoders["audio"].named_parameters()}
+        return built["model"]
+
+    monkeypatch.setattr(loop, "build_model", build)
+    train(cfg)
+    assert any((tmp_path / "cache").rglob("*")), "the frozen stage used the cache"
+    changed = [n for n, p in built["model"].encoders["audio"].named_parameters()
+               if not torch.equal(p.detach(), built["start"][n])]
+    assert changed, "the thawed stage never trained the encoder: its batches still came from the cache"
+
+
+def test_a_stage_may_not_thaw_a_cached_encoder_under_dataloader_workers(synthetic: Path, tmp_path: Path) -> None:
+    path = RECIPES / "asr-tiny.yaml"
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.trainable\.audio_encoder: 'last:1' trains an encoder whose "
+                                          r"outputs feature_cache serves.*num_workers: 2"):
+        load_train_config(path, _overrides(path, synthetic, tmp_path / "run", 4) + [
+            f"feature_cache={tmp_path / 'cache'}", "model.trainable.audio_encoder=frozen", "num_workers=2",
+            "stages=[{name: frozen, steps: 3}, {name: thawed, steps: 3, trainable: {audio_encoder: 'last:1'}}]"])

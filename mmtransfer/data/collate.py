@@ -13,6 +13,7 @@ from mmtransfer.data.records import Skip, check_on_error, report
 from mmtransfer.modalities import ENCODER_KINDS, by_encoder, modality
 from mmtransfer.model.decoder import context_length
 from mmtransfer.tasks import Task, get_task
+from mmtransfer.trainable import is_frozen
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "class_labels", "pack_tokens", *ENCODER_KINDS)
 MEDIA_ERRORS = (ValueError, RuntimeError, OSError)
@@ -164,7 +165,8 @@ class Collator:
         out = {}
         for kind, parts in by_encoder(part for r in rendered for part in r.media).items():
             cache = self.caches.get(kind)
-            if cache is not None and all(_cacheable(p) for p in parts):
+            # a stage that trains the encoder needs its inputs again: cached outputs would give it no gradient
+            if cache is not None and is_frozen(cache.encoder) and all(_cacheable(p) for p in parts):
                 out[kind] = cache.features([p["file"] for p in parts], lambda idx, ps=parts, k=kind: self._inputs(
                     k, [ps[i] for i in idx]))
             else:

@@ -114,6 +114,9 @@ class MultimodalGPT(InferenceMixin, nn.Module):
     def encode(self, modality: str, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder inputs (or cached ``features`` [B, N, D] + ``mask``) -> prefix [B, M, D_lm] + mask [B, M]."""
         if "features" in inputs:
+            if torch.is_grad_enabled() and not is_frozen(self.encoders[modality]):
+                raise RuntimeError(f"cached {modality} features reached the {modality} encoder while it trains: it "
+                                   "would get no gradient (a DataLoader worker forked before a stage thawed it?)")
             feats, mask = inputs["features"], inputs["mask"]
         else:
             encoder = self.encoders[modality]

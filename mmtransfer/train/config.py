@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: stages[{i}].steps: must be > 0, got {stage.steps}")
         trainable = stage.trainable or trainable
         _check_objective(cfg, stage, trainable, f"{where}: stages[{i}]")
+        _check_thawed_cache(cfg, stage, f"{where}: stages[{i}]")
     for name in ("batch_size", "eval_batch_size", "log_every", "pack_tokens"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name}: must be >= 1, got {getattr(cfg, name)}")
@@ -177,6 +178,19 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     for i, ds in enumerate(cfg.data):
         check_dataset(ds, f"{where}: data[{i}]")
     _check_packages(cfg, where)
+
+
+def _check_thawed_cache(cfg: TrainConfig, stage: StageConfig, where: str) -> None:
+    """A stage may train an encoder that starts frozen with a feature cache: the collator then sends the encoder's
+    inputs again. DataLoader workers forked before the stage keep their frozen copy for the rest of that epoch."""
+    if not (cfg.feature_cache and cfg.num_workers and stage.trainable):
+        return
+    for kind in (f.name.removesuffix("_encoder") for f in fields(TrainableConfig) if f.name.endswith("_encoder")):
+        policy = stage.trainable.encoder(kind)
+        if cfg.model.encoder(kind) is not None and cfg.model.trainable.encoder(kind) == "frozen" and policy != "frozen":
+            raise ConfigError(f"{where}.trainable.{kind}_encoder: '{policy}' trains an encoder whose outputs "
+                              f"feature_cache serves, and the DataLoader workers (num_workers: {cfg.num_workers}) "
+                              "would keep serving them for the rest of the epoch; set num_workers: 0")
 
 
 def _check_objective(cfg: TrainConfig, stage: StageConfig, trainable: TrainableConfig, where: str) -> None:
