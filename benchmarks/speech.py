@@ -64,6 +64,14 @@ def before(steps: int) -> list[str]:
     return ["model.audio_projector={name: frame_stack, k: 16}", *no_ctc(steps)]
 
 
+def encoder_override(name: str) -> list[str]:
+    """Swap the recipe's Whisper encoder for ``name`` (same 15 s window); none for the recipe's own."""
+    if name == "openai/whisper-tiny.en":
+        return []
+    return [f"model.audio_encoder={{name: whisper, model: {name}, hf_config: {{max_source_positions: 750}}, "
+            "feature_extractor: {chunk_length: 15}}"]
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -125,6 +133,8 @@ def main() -> None:
     p.add_argument("--dev-speakers", type=int, default=15)
     p.add_argument("--finetune-seconds", type=float, default=None)
     p.add_argument("--decode-run", default=None, help="decode: a saved run folder (default: the ours row's)")
+    p.add_argument("--encoder", default="openai/whisper-tiny.en",
+                   help="the trained rows' Whisper encoder (the recipe's default: openai/whisper-tiny.en)")
     args = p.parse_args()
     setup(args)
     src = require(Path(args.data) / "speechocean762", "speechocean762")
@@ -148,7 +158,8 @@ def main() -> None:
     trained_s = args.finetune_seconds
     for part, extra, method in (
         ("ours", recipe(args.ctc_steps, args.steps),
-         f"Whisper tiny.en (frozen) + k=8 + RMS-normed projector: {args.ctc_steps} CTC alignment steps, then "
+         f"{args.encoder.split('/')[1]} encoder (frozen) + k=8 + RMS-normed projector: {args.ctc_steps} CTC alignment "
+         "steps, then "
          "SmolLM2 LoRA r=16"),
         ("noctc", no_ctc(args.steps), "same without the CTC stage (LoRA from the first step)"),
         ("align", align(args.align_steps, args.steps), f"same, a {args.align_steps}-step projector-only LM stage "
@@ -159,7 +170,8 @@ def main() -> None:
             continue
         config = CONFIGS / "speechocean-asr.yaml"
         overrides = [f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={dev_m}",
-                     f"output_dir={work / 'runs' / part}", f"feature_cache={work.parent / 'feature_cache'}", *extra]
+                     f"output_dir={work / 'runs' / part}", f"feature_cache={work.parent / 'feature_cache'}",
+                     *encoder_override(args.encoder), *extra]
         last, secs = run_recipe(config, overrides)
         preds, _, _ = transcribe(run_dir(config, overrides) / "final", dev_m, 32)
         s = score(preds, refs)
