@@ -17,8 +17,10 @@ Sections (``--sections``, comma-separated; all by default):
   with LoRA, and with a ViT-B encoder; a VED epoch over the same files, and the rate of a whole 10-epoch run;
 * ``projectors``: every projector (MLP over all 197 tokens, pixel shuffle, average pool, LDP, bilinear pool to
   4x4, the resampler) in one table: prefix tokens, training samples/s cold and from a warm feature cache, greedy
-  and beam-4 tokens/s at batch 32, each against VED measured in the same section;
-* ``genprofile``: greedy decoding at batch 1 and 32 with the dynamic and the static KV cache, and its top operators;
+  and beam-4 tokens/s at batch 32, each against VED measured in the same section, and the share of a greedy call
+  that the image encoder takes (for VED too);
+* ``genprofile``: greedy decoding at batch 1 and 32 with the dynamic KV cache, the static one, and the static one
+  under ``torch.compile``; the image encoder's share; its top operators;
 * ``generate``: new tokens/s and latency, batch 1 and 32, greedy and beam 4, 20 new tokens each;
 * ``loop``: the decoding loop alone (images encoded beforehand), batch 32 greedy, 20 and 60 new tokens;
 * ``mfu``: a training step of a SmolLM2-135M-sized decoder (full fine-tune, 8 x 256 tokens): model
@@ -419,6 +421,7 @@ def section_projectors(b: Bench, res: Results, batch_size: int) -> None:
             ved_gen[beams] = 32 * NEW_TOKENS / b.time(
                 lambda beams=beams: ved.generate(pixel_values=gen_pixels, num_beams=beams, do_sample=False, **fixed),
                 warmup=0, repeat=max(1, b.repeat // 2))
+        ved_encode_s = b.time(lambda: ved.encoder(pixel_values=gen_pixels), warmup=0)
     task = f"projectors: captioning, ViT-S/16 224 px frozen, decoder 6x512; train bs {bs}, generate bs 32"
     for name, model in models.items():
         with torch.no_grad():
@@ -434,13 +437,17 @@ def section_projectors(b: Bench, res: Results, batch_size: int) -> None:
                     lambda model=model, beams=beams: model._generate_batch(
                         gen_batch, num_beams=beams, do_sample=False, temperature=1.0, top_p=1.0, **fixed),
                     warmup=0, repeat=max(1, b.repeat // 2))
+            encode_s = b.time(lambda model=model: model.encode("image", gen_batch["image"]), warmup=0)
         res.add(task, f"ours, {name}", bs, None, "train samples/s (cold)", cold, f"VED: {ved_train:.2f}",
                 prefix_tokens=tokens, cold_vs_ved=round(cold / ved_train, 2), warm_samples_s=round(warm, 2),
                 warm_vs_ved=round(warm / ved_train, 2), greedy_tok_s=round(gen[1], 1),
                 greedy_vs_ved=round(gen[1] / ved_gen[1], 2), beam4_tok_s=round(gen[4], 1),
-                beam4_vs_ved=round(gen[4] / ved_gen[4], 2))
+                beam4_vs_ved=round(gen[4] / ved_gen[4], 2),
+                greedy_encoder_share=round(encode_s * gen[1] / (32 * NEW_TOKENS), 3), encoder_s=round(encode_s, 3))
     res.add(task, "HF VisionEncoderDecoderModel", bs, None, "train samples/s (cold)", ved_train, "",
-            greedy_tok_s=round(ved_gen[1], 1), beam4_tok_s=round(ved_gen[4], 1))
+            greedy_tok_s=round(ved_gen[1], 1), beam4_tok_s=round(ved_gen[4], 1),
+            greedy_encoder_share=round(ved_encode_s * ved_gen[1] / (32 * NEW_TOKENS), 3),
+            encoder_s=round(ved_encode_s, 3))
 
 
 def section_generate(b: Bench, res: Results) -> None:
@@ -678,25 +685,36 @@ def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> N
 
 def section_genprofile(b: Bench, res: Results, top: int = 6) -> None:
     """Greedy decoding (4x4 pool, 16 prefix tokens, 20 new tokens) at batch 1 and 32: tokens/s with transformers'
-    dynamic KV cache and with its static one, and the top operators by self CPU time."""
+    dynamic KV cache, with its static one, and with the static one under ``torch.compile`` (inductor; the first
+    call, which compiles, is not timed); how much of a call the image encoder takes; and the top operators by
+    self CPU time."""
     from torch.profiler import ProfilerActivity, profile
+    from transformers import CompileConfig
 
+    compiled = CompileConfig(mode="default")  # reduce-overhead (its default) means CUDA graphs
+    compiled._compile_all_devices = True  # transformers compiles only on accelerators unless told
     model = ours_captioner(projector=GRID_PROJECTORS["bilinear pool to 4x4"]).eval().to(b.device)
     fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
     for bs in (1, 32):
         batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
 
-        def run(cache: str | None = None, batch: dict[str, Any] = batch) -> None:
-            extra = {"cache_implementation": cache} if cache else {}
+        def run(cache: str | None = None, batch: dict[str, Any] = batch, **extra: Any) -> None:
+            extra = {**extra, "cache_implementation": cache} if cache else extra
             model._generate_batch(batch, num_beams=1, do_sample=False, temperature=1.0, top_p=1.0, **fixed, **extra)
 
         task = f"greedy generation profile, batch {bs}, {NEW_TOKENS} new tokens (4x4 pool, decoder 6x512)"
         with torch.inference_mode(), b.autocast():
-            dynamic = bs * NEW_TOKENS / b.time(run, warmup=1)
+            dynamic_s = b.time(run, warmup=1)
+            dynamic = bs * NEW_TOKENS / dynamic_s
             static = bs * NEW_TOKENS / b.time(lambda: run("static"), warmup=1)
-            res.add(task, "dynamic KV cache (the default)", bs, None, "new tokens/s", dynamic, "")
+            fast = bs * NEW_TOKENS / b.time(lambda: run("static", compile_config=compiled), warmup=2)
+            encode_s = b.time(lambda batch=batch: model.encode("image", batch["image"]), warmup=1)
+            res.add(task, "dynamic KV cache (the default)", bs, None, "new tokens/s", dynamic, "",
+                    encoder_share=round(encode_s / dynamic_s, 3))
             res.add(task, "static KV cache", bs, None, "new tokens/s", static, f"dynamic: {dynamic:.1f}",
                     vs_dynamic=round(static / dynamic, 2))
+            res.add(task, "static KV cache + torch.compile (inductor)", bs, None, "new tokens/s", fast,
+                    f"dynamic: {dynamic:.1f}", vs_dynamic=round(fast / dynamic, 2))
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 run()
         total = sum(e.self_cpu_time_total for e in prof.key_averages())
