@@ -18,6 +18,11 @@ every question asked about them), so no dev photo is seen in training. Parts (``
   image costs 0.33 nats per token), then trains on DAQUAR exactly as ``ours`` (``init_from``: the caption model,
   its projector and LoRA). Needs ``flickr8k/`` beside ``daquar/``.
 
+``--full-frame`` runs every trained row on the whole photo: DAQUAR's photos are 320x240, and the recipe's 224 px center
+crop (timm's eval transform: shorter side to 256, then the central 224x224) keeps 58% of each photo, two thirds of
+its width, where many questions ask what is on the left or right. Full frame: 240x320 input (EfficientNet's 8x10
+grid), pooled bilinearly to 4x5 (20 tokens) before the MLP.
+
 Scored by exact match after VQA answer normalisation (``mmtransfer.metrics.vqa_accuracy``, one reference each).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/daquar.py --out outputs/bench/daquar/results.json
@@ -34,6 +39,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CONFIGS, Results, base_parser, link_data, require, run_recipe, setup, write_jsonl
+
+FULL_FRAME = [
+    "model.image_encoder={name: timm, model_name: efficientnet_lite0, pretrained: true, "
+    "data_config: {input_size: [3, 240, 320], crop_pct: 1.0}}",
+    "model.image_projector={name: pool, size: [4, 5], mode: bilinear, grid: [8, 10]}",
+]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -102,6 +113,7 @@ def main() -> None:
     p.add_argument("--turns", type=int, default=8, help="turns rows: question/answer pairs per conversation")
     p.add_argument("--single-share", type=float, default=0.2, help="turns rows: the share of single-question steps")
     p.add_argument("--caption-steps", type=int, default=150, help="captions row: Flickr8k steps of 16 captions first")
+    p.add_argument("--full-frame", action="store_true", help="trained rows see the whole 320x240 photo (20 tokens)")
     args = p.parse_args()
     setup(args)
     from PIL import Image
@@ -128,7 +140,10 @@ def main() -> None:
     if "prior" in parts:
         res.add(task, "per-question-type prior (first words -> most common answer)", len(train), None, "accuracy",
                 vqa_accuracy(prior_answers(train, dev), refs))
-    for part, suffix, method in (("ours", "", "EfficientNet-Lite0 (frozen, 49 tokens) + MLP + SmolLM2 LoRA r=16"),
+    view = FULL_FRAME if args.full_frame else []
+    encoder = ("EfficientNet-Lite0 (frozen, whole photo 320x240, 8x10 grid pooled to 4x5 = 20 tokens)"
+               if args.full_frame else "EfficientNet-Lite0 (frozen, 224 px center crop, 49 tokens)")
+    for part, suffix, method in (("ours", "", f"{encoder} + MLP + SmolLM2 LoRA r=16"),
                                  ("blind", "_blind", "blind: the same recipe with every image black"),
                                  ("captions", "", f"same, after {args.caption_steps} Flickr8k captioning steps")):
         if part not in parts:
@@ -139,13 +154,13 @@ def main() -> None:
             _, pre_secs = run_recipe(CONFIGS / "daquar-vqa.yaml", [
                 *flickr_data(Path(args.data), work), 'model.prompts.caption="<image>Caption:"', "max_new_tokens=20",
                 f"output_dir={pre}", f"stages.0.steps={args.caption_steps}",
-                f"feature_cache={work.parent / 'feature_cache'}",
+                f"feature_cache={work.parent / 'feature_cache'}", *view,
             ])
             extra = [f"init_from={pre / 'final'}"]
         last, secs = run_recipe(CONFIGS / "daquar-vqa.yaml", [
             f"data.0.train={work / f'train{suffix}.jsonl'}", f"data.0.eval={work / f'dev{suffix}.jsonl'}",
             f"output_dir={work / 'runs' / part}", f"stages.0.steps={args.steps}",
-            f"feature_cache={work.parent / 'feature_cache'}", *extra,
+            f"feature_cache={work.parent / 'feature_cache'}", *view, *extra,
         ])
         res.add(task, method, size, secs + pre_secs, "accuracy", last.get("vqa/vqa_accuracy", float("nan")),
                 "see prior / blind rows", metrics=last, eval_included_in_train_s=True, pretrain_s=round(pre_secs, 1))
@@ -160,7 +175,7 @@ def main() -> None:
             f"{{task: vqa, train: {work / f'train{suffix}.jsonl'}, eval: {work / f'dev{suffix}.jsonl'}, "
             f"weight: {args.single_share / (1 - args.single_share):.4f}}}]",
             f"output_dir={work / 'runs' / part}", f"stages.0.steps={args.turn_steps}", "batch_size=8",
-            f"feature_cache={work.parent / 'feature_cache'}",
+            f"feature_cache={work.parent / 'feature_cache'}", *view,
         ])
         res.add(task, method, size, secs, "accuracy", last.get("vqa/vqa_accuracy", float("nan")),
                 "see prior / blind rows", metrics=last, eval_included_in_train_s=True)
