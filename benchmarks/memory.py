@@ -79,7 +79,7 @@ def measure(row: str, work: Path) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=1e-4)
     batch = model.processor.from_prompts(["<image> Describe the picture."],
                                          targets=["A small red square on a plain white ground."],
-                                         images=[Image.new("RGB", (224, 224), "red")])
+                                         image=[Image.new("RGB", (224, 224), "red")])
     t1 = time.perf_counter()
     loss = model(**batch).loss
     loss.backward()

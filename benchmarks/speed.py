@@ -236,7 +236,7 @@ def section_train(b: Bench, res: Results, batch_size: int) -> None:
     bs = batch_size
     task = f"captioning train, bs {bs} (ViT-S/16 224 px frozen; decoder 6x512)"
     ours = ours_captioner().to(b.device)
-    batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)), b.device)
+    batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), image=images(bs)), b.device)
     pixels = batch["image"]["pixel_values"]
     rows: dict[str, float] = {}
     rows["ours (MLP projector, all 197 ViT tokens)"] = bs / b.time(b.train_step(ours, lambda: ours(**batch).loss))
@@ -406,12 +406,12 @@ def section_projectors(b: Bench, res: Results, batch_size: int) -> None:
     ved = build_ved(vit_config(VIT_S), DECODER).to(b.device)
     models = {name: ours_captioner(projector=cfg).to(b.device) for name, cfg in GRID_PROJECTORS.items()}
     any_model = next(iter(models.values()))
-    batch = to(any_model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+    batch = to(any_model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), image=images(bs)),
                b.device)
     pixels = batch["image"]["pixel_values"]
     labels, _ = peer_labels(any_model, captions(bs), b.device)
     ved_train = bs / b.time(b.train_step(ved, lambda: ved(pixel_values=pixels, labels=labels).loss))
-    gen_batch = to(any_model.processor.from_prompts(["<image>Caption:"] * 32, images=images(32)), b.device)
+    gen_batch = to(any_model.processor.from_prompts(["<image>Caption:"] * 32, image=images(32)), b.device)
     gen_pixels = gen_batch["image"]["pixel_values"]
     ved.eval().generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
     fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
@@ -460,7 +460,7 @@ def section_generate(b: Bench, res: Results) -> None:
     ved.generation_config.eos_token_id = None  # every system makes exactly NEW_TOKENS tokens
     fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
     for bs in (1, 32):
-        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
+        batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, image=images(bs)), b.device)
         pixels = batch["image"]["pixel_values"]
         for beams in (1, 4):
             def run_ours(batch: dict[str, Any] = batch, beams: int = beams) -> None:
@@ -509,7 +509,7 @@ def section_loop(b: Bench, res: Results, bs: int = 32) -> None:
     ved = build_ved(vit_config(VIT_S), DECODER).eval().to(b.device)
     clipcap = build_clipcap(ours.encoders["image"].model, DECODER).eval().to(b.device)
     ved.generation_config.eos_token_id = None
-    batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
+    batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, image=images(bs)), b.device)
     pixels = batch["image"]["pixel_values"]
     with torch.inference_mode():
         batch["image"] = cached_features(ours, batch)
@@ -597,7 +597,7 @@ def memory_child(variant: str, device: str, batch_size: int) -> dict[str, float]
             "image_encoder": "frozen", "projectors": "full", "decoder": "lora" if lora else "full"}).to(b.device)
         if variant.endswith("+ckpt"):
             model.enable_gradient_checkpointing()
-        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), image=images(bs)),
                    b.device)
         step = b.train_step(model, lambda: model(**batch).loss)
     before = peak_rss_mb()
@@ -642,14 +642,14 @@ def section_scaling(b: Bench, res: Results) -> None:
         ours = ours_captioner(projector=GRID_PROJECTORS[name]).to(b.device)
         for bs in (4, 8, 16, 32):
             batch = to(ours.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs),
-                                                   images=images(bs)), b.device)
+                                                   image=images(bs)), b.device)
             res.add(f"scaling: batch size (captioning, ViT-S frozen, {name})", "ours", bs, None, "samples/s",
                     sps(ours, batch, bs), "")
         del ours
     bs = 8
     for queries in (16, 32, 64, 128):
         model = ours_captioner(projector={"name": "resampler", "num_queries": queries}).to(b.device)
-        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), images=images(bs)),
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, targets=captions(bs), image=images(bs)),
                    b.device)
         res.add("scaling: prefix length (resampler queries, bs 8)", "ours", queries, None, "samples/s",
                 sps(model, batch, bs), "")
@@ -667,7 +667,7 @@ def section_profile(b: Bench, res: Results, batch_size: int, top: int = 12) -> N
 
     model = ours_captioner().to(b.device)
     batch = to(model.processor.from_prompts(["<image>Caption:"] * batch_size, targets=captions(batch_size),
-                               images=images(batch_size)), b.device)
+                               image=images(batch_size)), b.device)
     batch["image"] = cached_features(model, batch)
     step = b.train_step(model, lambda: model(**batch).loss)
     step()
@@ -706,7 +706,7 @@ def section_genprofile(b: Bench, res: Results, top: int = 6) -> None:
     model = ours_captioner(projector=GRID_PROJECTORS["bilinear pool to 4x4"]).eval().to(b.device)
     fixed = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
     for bs in (1, 32):
-        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, images=images(bs)), b.device)
+        batch = to(model.processor.from_prompts(["<image>Caption:"] * bs, image=images(bs)), b.device)
 
         def run(cache: str | None = None, batch: dict[str, Any] = batch, **extra: Any) -> None:
             extra = {**extra, "cache_implementation": cache} if cache else extra

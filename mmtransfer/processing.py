@@ -12,7 +12,7 @@ from mmtransfer.chat import IGNORE_INDEX, Message, Rendered, render
 from mmtransfer.encoders.base import Encoder
 from mmtransfer.errors import InputError
 from mmtransfer.io import load_audio
-from mmtransfer.modalities import by_encoder, modality
+from mmtransfer.modalities import MODALITIES, by_encoder, modality
 from mmtransfer.model.decoder import placeholder_ids
 from mmtransfer.prompts import user_turn
 
@@ -62,21 +62,23 @@ class Processor:
         self,
         prompts: Sequence[str],
         targets: Sequence[str] | None = None,
-        images: Sequence[Any] | None = None,
-        audio: Sequence[Any] | None = None,
         sample_rate: int | None = None,
         add_eos: bool = True,
+        **media: Sequence[Any],
     ) -> dict[str, Any]:
-        """Single-turn batch from prompt templates (see ``mmtransfer.prompts``: ``<image>`` / ``<audio>`` tags
-        place each row's one image / clip, else it goes first) and optional target texts."""
-        given = {"image": images, "audio": audio}
+        """Single-turn batch from prompt templates and optional target texts; ``media`` holds one item per prompt for
+        each modality named in ``mmtransfer.modalities`` (``image=[...]``, ``audio=[...]``): a ``<kind>`` tag places
+        the row's item (see ``mmtransfer.prompts``), else it goes first."""
+        given = {kind: items for kind, items in media.items() if items is not None}
         for kind, items in given.items():
-            if items is not None and len(items) != len(prompts):
+            if kind not in MODALITIES:
+                raise InputError(f"from_prompts: no modality '{kind}'; known: {', '.join(MODALITIES)}")
+            if len(items) != len(prompts):
                 raise InputError(f"got {len(items)} {kind} inputs for {len(prompts)} prompts")
         if targets is not None and len(targets) != len(prompts):
             raise InputError(f"got {len(targets)} targets for {len(prompts)} prompts")
         conversations = [
-            user_turn(p, {}, {k: [{"type": k, k: v[i]}] for k, v in given.items() if v is not None},
+            user_turn(p, {}, {k: [{"type": k, k: v[i]}] for k, v in given.items()},
                       None if targets is None else targets[i])
             for i, p in enumerate(prompts)
         ]

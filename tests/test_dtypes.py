@@ -35,7 +35,7 @@ def _kinds(model: mmtransfer.MultimodalGPT, part: str) -> Counter:
 
 def _batch(model: mmtransfer.MultimodalGPT) -> dict[str, Any]:
     red = [Image.new("RGB", (32, 32), "red")]
-    return model.processor.from_prompts(["<image> what colour?"], images=red)
+    return model.processor.from_prompts(["<image> what colour?"], image=red)
 
 
 def test_a_bf16_frozen_decoder_saves_and_loads_with_its_dtypes_and_outputs(tmp_path: Path) -> None:

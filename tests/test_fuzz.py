@@ -112,7 +112,7 @@ def _too_long(model: mmtransfer.MultimodalGPT, items: list, limit: int | None) -
     out = []
     for x in items:
         if isinstance(x, dict):
-            batch = model.processor.from_prompts(["<image>"], [x["target"]], images=[x["image"]])
+            batch = model.processor.from_prompts(["<image>"], [x["target"]], image=[x["image"]])
             n = int(batch["attention_mask"].sum())
             if n > limit:
                 out.append(x)

@@ -78,7 +78,7 @@ def test_beam_search_and_sampling(peaked: mmtransfer.MultimodalGPT) -> None:
 
 
 def test_max_new_tokens_bounds_the_output(peaked: mmtransfer.MultimodalGPT) -> None:
-    batch = peaked.processor.from_prompts(["<image>"], images=_images(1))
+    batch = peaked.processor.from_prompts(["<image>"], image=_images(1))
     embeds, mask, pos, _ = peaked.embed(batch["input_ids"], batch["attention_mask"], image=batch["image"])
     out = peaked.decoder.generate(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                   max_new_tokens=5, do_sample=False, pad_token_id=0)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import mmtransfer
+from mmtransfer.errors import InputError
 from mmtransfer.model.splice import IGNORE_INDEX
 from mmtransfer.trainable import count_parameters, layer_stack
 from tests.tiny_models import tiny_model_config
@@ -26,7 +27,7 @@ def _audio(seconds: float, seed: int) -> np.ndarray:
 
 def test_loss_is_taken_on_target_tokens_only(tiny_model: mmtransfer.MultimodalGPT) -> None:
     batch = tiny_model.processor.from_prompts(
-        ["<image>Question: colour?", "Q:"], targets=[" red", " a blue square"], images=[_image(0), _image(1)]
+        ["<image>Question: colour?", "Q:"], targets=[" red", " a blue square"], image=[_image(0), _image(1)]
     )
     out = tiny_model(**batch)
     embeds, mask, pos, labels = tiny_model.embed(batch["input_ids"], batch["attention_mask"], batch["labels"],
@@ -47,9 +48,19 @@ def test_loss_is_taken_on_target_tokens_only(tiny_model: mmtransfer.MultimodalGP
 
 
 def test_prompt_tokens_do_not_change_the_loss_denominator(tiny_model: mmtransfer.MultimodalGPT) -> None:
-    short = tiny_model.processor.from_prompts(["x"], targets=[" red"], images=[_image(0)])
-    long = tiny_model.processor.from_prompts(["x y z w v"], targets=[" red"], images=[_image(0)])
+    short = tiny_model.processor.from_prompts(["x"], targets=[" red"], image=[_image(0)])
+    long = tiny_model.processor.from_prompts(["x y z w v"], targets=[" red"], image=[_image(0)])
     assert (short["labels"] != IGNORE_INDEX).sum() == (long["labels"] != IGNORE_INDEX).sum()
+
+
+def test_from_prompts_takes_media_by_modality_name_and_refuses_others(tiny_model: mmtransfer.MultimodalGPT) -> None:
+    proc = tiny_model.processor
+    batch = proc.from_prompts(["<image> a", "<image> b"], image=[_image(0), _image(1)], audio=None)
+    assert batch["image"]["pixel_values"].shape[0] == 2 and "audio" not in batch
+    with pytest.raises(InputError, match="no modality 'images'; known: image, audio"):
+        proc.from_prompts(["<image> a"], images=[_image(0)])
+    with pytest.raises(InputError, match="got 1 image inputs for 2 prompts"):
+        proc.from_prompts(["a", "b"], image=[_image(0)])
 
 
 def test_text_only_and_audio_only_inputs(tiny_model: mmtransfer.MultimodalGPT) -> None:

@@ -49,7 +49,7 @@ def _config(llama_dir: Path, quantization: dict[str, Any] | None) -> dict[str, A
 
 def _batch(model: mmtransfer.MultimodalGPT, targets: bool = False) -> dict[str, Any]:
     return model.processor.from_prompts(["<image> what colour?"], targets=["red"] if targets else None,
-                                        images=[Image.new("RGB", (32, 32), "red")])
+                                        image=[Image.new("RGB", (32, 32), "red")])
 
 
 def _step(model: mmtransfer.MultimodalGPT) -> None:

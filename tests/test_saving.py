@@ -20,7 +20,7 @@ def _batch(model: mmtransfer.MultimodalGPT) -> dict:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
     clip = (rng.standard_normal(6000) * 0.1).astype(np.float32)
-    return model.processor.from_prompts(["<image><audio> describe"], targets=[" a thing"], images=[image], audio=[clip],
+    return model.processor.from_prompts(["<image><audio> describe"], targets=[" a thing"], image=[image], audio=[clip],
                            sample_rate=16000)
 
 

@@ -187,7 +187,7 @@ def _checkpointed_step(cfg: dict, checkpointing: bool) -> tuple[list[int], dict[
     for first in _first_in_each_block(model):
         first.register_forward_pre_hook(lambda *_: calls.append(1))
     red = [Image.new("RGB", (32, 32), "red")]
-    batch = model.processor.from_prompts(["<image> what?"], targets=[" red"], images=red)
+    batch = model.processor.from_prompts(["<image> what?"], targets=[" red"], image=red)
     loss = model(**batch).loss
     forward = len(calls)
     loss.backward()
@@ -232,7 +232,7 @@ def test_the_fused_optimizer_takes_the_same_steps_as_plain_adamw(tiny_model: mmt
 
     tiny_model.set_trainable(TrainableConfig(decoder="full", projectors="full"))
     red = [Image.new("RGB", (32, 32), "red")]
-    batch = tiny_model.processor.from_prompts(["<image> what?"], targets=[" red"], images=red)
+    batch = tiny_model.processor.from_prompts(["<image> what?"], targets=[" red"], image=red)
     start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     after = []
     for fused in (True, False):
