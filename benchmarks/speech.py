@@ -65,9 +65,7 @@ def before(steps: int) -> list[str]:
 
 
 def encoder_override(name: str) -> list[str]:
-    """Swap the recipe's Whisper encoder for ``name`` (same 15 s window); none for the recipe's own."""
-    if name == "openai/whisper-tiny.en":
-        return []
+    """The recipe's encoder set to the Whisper ``name``, with the recipe's 15 s window."""
     return [f"model.audio_encoder={{name: whisper, model: {name}, hf_config: {{max_source_positions: 750}}, "
             "feature_extractor: {chunk_length: 15}}"]
 
@@ -133,8 +131,8 @@ def main() -> None:
     p.add_argument("--dev-speakers", type=int, default=15)
     p.add_argument("--finetune-seconds", type=float, default=None)
     p.add_argument("--decode-run", default=None, help="decode: a saved run folder (default: the ours row's)")
-    p.add_argument("--encoder", default="openai/whisper-tiny.en",
-                   help="the trained rows' Whisper encoder (the recipe's default: openai/whisper-tiny.en)")
+    p.add_argument("--encoder", default="openai/whisper-base",
+                   help="the trained rows' Whisper encoder (the recipe's: openai/whisper-base)")
     args = p.parse_args()
     setup(args)
     src = require(Path(args.data) / "speechocean762", "speechocean762")
