@@ -30,6 +30,7 @@ from mmtransfer.data.records import Blob, media_path
 from mmtransfer.data.source import SOURCE_TYPES, Source, map_media_parts
 from mmtransfer.errors import ConfigError, DataError, MissingFileError
 from mmtransfer.extras import require
+from mmtransfer.modalities import MODALITIES
 
 ROWS_PER_READ = 64
 TEXT_TYPES = ("string", "large_string")
@@ -168,7 +169,7 @@ class HFSource(Source):
         for field, column in self.columns.items():
             value = raw.get(column)
             feature = self.features.get(column) if self.features is not None else None
-            if field in ("image", "audio"):
+            if field in MODALITIES:
                 value = self._media(value, field, f"{shard}:{key}.{column}")
             elif field == "label" and hasattr(feature, "int2str") and isinstance(value, int):
                 value = feature.int2str(value)
@@ -236,7 +237,7 @@ def _check_type(field: str, column: str, feature: Any, task: Any, where: str) ->
     import datasets
 
     dtype = getattr(feature, "dtype", None)
-    if field in ("image", "audio"):
+    if field in MODALITIES:
         ok = (isinstance(feature, (datasets.Image, datasets.Audio)) or dtype in MEDIA_TYPES
               or (isinstance(feature, dict) and ("bytes" in feature or "path" in feature)))
         need = "bytes, paths or an Image / Audio feature"

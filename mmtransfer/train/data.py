@@ -20,6 +20,7 @@ from mmtransfer.data import (
 )
 from mmtransfer.data.conversations import read_conversations
 from mmtransfer.errors import NoSamplesError
+from mmtransfer.modalities import modality
 from mmtransfer.model import MultimodalGPT
 from mmtransfer.processing import to_device
 from mmtransfer.tasks import Task, get_task
@@ -169,7 +170,8 @@ def _task_dataset(samples: list, ds: DatasetConfig, task: Task, model: Multimoda
                   caches: dict[str, FeatureCache] | None) -> TaskDataset:
     """The dataset that decodes ``samples`` (a streaming loader's: none, it decodes the entries it reads)."""
     audio = dict(model.encoders.items()).get("audio")
-    rate = audio.sample_rate if audio is not None and task.modality in ("audio", None) else None
+    timed = task.modality is None or modality(task.modality).timed  # a text task's conversations may hold audio
+    rate = audio.sample_rate if audio is not None and timed else None
     return TaskDataset(samples, task, sample_rate=rate, on_error=ds.on_error, expand_targets=train,
                        cached={k: c.contains for k, c in (caches or {}).items()},
                        video_frames=model.config.video_frames)
