@@ -6,7 +6,8 @@ form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
 * ``whisper``: Whisper tiny.en and Whisper base zero-shot (their own decoders, 30 s window, greedy).
 * ``ours``: ``mmtransfer/recipes/speechocean-asr.yaml``: ``--ctc-steps`` of CTC alignment (``objective: ctc``: the
   projector alone learns to put each spoken token's embedding at its frames, no decoder run), then ``--steps`` of
-  LoRA; its eval also reports the media gain (the dev clips replaced by silence of the same length).
+  LoRA; its eval also reports the media gain (the dev clips replaced by silence of the same length). Every trained
+  row uses ``--encoder`` (default: the recipe's Whisper base; ``openai/whisper-tiny.en`` for the earlier rows).
 * ``noctc``: the same model with LoRA from the first step and no CTC stage (the recipe before CTC alignment).
 * ``align``: a projector-only stage on the LM loss of ``--align-steps`` first (decoder frozen), within ``--steps``.
 * ``before``: the ``asr-sentences`` recipe's design before any of the convergence changes (k=16, no output norm,
