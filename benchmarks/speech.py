@@ -66,9 +66,8 @@ def before(steps: int) -> list[str]:
 
 
 def encoder_override(name: str) -> list[str]:
-    """The recipe's encoder set to the Whisper ``name``, with the recipe's 15 s window."""
-    return [f"model.audio_encoder={{name: whisper, model: {name}, hf_config: {{max_source_positions: 750}}, "
-            "feature_extractor: {chunk_length: 15}}"]
+    """The recipe's Whisper encoder swapped for ``name`` (its window and the rest of the recipe kept)."""
+    return [f"model.audio_encoder.model={name}"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -157,9 +156,8 @@ def main() -> None:
     trained_s = args.finetune_seconds
     for part, extra, method in (
         ("ours", recipe(args.ctc_steps, args.steps),
-         f"{args.encoder.split('/')[1]} encoder (frozen) + k=8 + RMS-normed projector: {args.ctc_steps} CTC alignment "
-         "steps, then "
-         "SmolLM2 LoRA r=16"),
+         f"{args.encoder.rsplit('/', 1)[-1]} encoder (frozen) + k=8 + RMS-normed projector: {args.ctc_steps} CTC "
+         "alignment steps, then SmolLM2 LoRA r=16"),
         ("noctc", no_ctc(args.steps), "same without the CTC stage (LoRA from the first step)"),
         ("align", align(args.align_steps, args.steps), f"same, a {args.align_steps}-step projector-only LM stage "
          "instead of CTC"),
@@ -175,7 +173,8 @@ def main() -> None:
         preds, _, _ = transcribe(run_dir(config, overrides) / "final", dev_m, 32)
         s = score(preds, refs)
         res.add(task, method, size, secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
-                metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True)
+                metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True,
+                encoder=args.encoder)
         trained_s = trained_s or secs
     if "decode" in parts:
         model_dir = Path(args.decode_run or run_dir(CONFIGS / "speechocean-asr.yaml",

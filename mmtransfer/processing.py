@@ -62,17 +62,20 @@ class Processor:
         self,
         prompts: Sequence[str],
         targets: Sequence[str] | None = None,
+        *,
         sample_rate: int | None = None,
         add_eos: bool = True,
-        **media: Sequence[Any],
+        **media: Sequence[Any] | None,
     ) -> dict[str, Any]:
         """Single-turn batch from prompt templates and optional target texts; ``media`` holds one item per prompt for
-        each modality named in ``mmtransfer.modalities`` (``image=[...]``, ``audio=[...]``): a ``<kind>`` tag places
-        the row's item (see ``mmtransfer.prompts``), else it goes first."""
+        each modality named in ``mmtransfer.modalities`` (``image=[...]``, ``audio=[...]``). An ``<image>`` /
+        ``<audio>`` tag places the item of the encoder kind it names (see ``mmtransfer.prompts``); an untagged item
+        goes first."""
+        unknown = [kind for kind in media if kind not in MODALITIES]
+        if unknown:
+            raise InputError(f"from_prompts: no modality '{unknown[0]}'; known: {', '.join(MODALITIES)}")
         given = {kind: items for kind, items in media.items() if items is not None}
         for kind, items in given.items():
-            if kind not in MODALITIES:
-                raise InputError(f"from_prompts: no modality '{kind}'; known: {', '.join(MODALITIES)}")
             if len(items) != len(prompts):
                 raise InputError(f"got {len(items)} {kind} inputs for {len(prompts)} prompts")
         if targets is not None and len(targets) != len(prompts):

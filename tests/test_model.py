@@ -57,8 +57,10 @@ def test_from_prompts_takes_media_by_modality_name_and_refuses_others(tiny_model
     proc = tiny_model.processor
     batch = proc.from_prompts(["<image> a", "<image> b"], image=[_image(0), _image(1)], audio=None)
     assert batch["image"]["pixel_values"].shape[0] == 2 and "audio" not in batch
-    with pytest.raises(InputError, match="no modality 'images'; known: image, audio"):
+    with pytest.raises(InputError, match="no modality 'images'; known: image, audio, video$"):
         proc.from_prompts(["<image> a"], images=[_image(0)])
+    with pytest.raises(InputError, match="no modality 'images'"):
+        proc.from_prompts(["a"], images=None)
     with pytest.raises(InputError, match="got 1 image inputs for 2 prompts"):
         proc.from_prompts(["a", "b"], image=[_image(0)])
 

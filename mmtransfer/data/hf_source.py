@@ -169,7 +169,7 @@ class HFSource(Source):
         for field, column in self.columns.items():
             value = raw.get(column)
             feature = self.features.get(column) if self.features is not None else None
-            if field in MODALITIES:
+            if field in MODALITIES and MODALITIES[field].from_bytes is not None:  # a medium stored as bytes
                 value = self._media(value, field, f"{shard}:{key}.{column}")
             elif field == "label" and hasattr(feature, "int2str") and isinstance(value, int):
                 value = feature.int2str(value)
