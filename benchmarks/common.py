@@ -145,6 +145,8 @@ class Results:
         row = {"task": task, "method": method, "data_size": data_size,
                "train_s": None if train_s is None else round(train_s, 1),
                "metric": metric, "value": round(float(value), 4), "peer": peer, **extra}
+        if train_s is not None and _OVERRIDES:  # a trained row: its label describes the recipe before --set
+            row["set"] = list(_OVERRIDES)
         self.rows.append(row)
         print(f"RESULT {json.dumps(row)}", flush=True)
         self.save()
@@ -162,7 +164,8 @@ class Results:
         lines = [head, "|---|---|---|---|---|---|---|"]
         for r in self.rows:
             t = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
-            lines.append(f"| {r['task']} | {r['method']} | {r['data_size']} | {t} | {r['metric']} | "
+            method = r["method"] + "".join(f"; --set {o}" for o in r.get("set", []))
+            lines.append(f"| {r['task']} | {method} | {r['data_size']} | {t} | {r['metric']} | "
                          f"{r['value']:.4g} | {r['peer']} |")
         return "\n".join(lines)
 

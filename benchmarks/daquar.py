@@ -18,6 +18,11 @@ every question asked about them), so no dev photo is seen in training. Parts (``
   image costs 0.24-0.33 nats per caption token), then trains on DAQUAR exactly as ``ours`` (``init_from``: the
   caption model, its projector and LoRA). Needs ``flickr8k/`` beside ``daquar/``.
 
+* ``tenth`` / ``scratch`` / ``scratch_tenth``: data efficiency. ``tenth`` is ``ours`` trained on a tenth of the
+  training photos (every question on them; the same steps, so more epochs); ``scratch`` is ``ours`` with a randomly
+  initialised decoder of the same size (SmolLM2-135M's config, no weights), trained in full at ``--scratch-lr``
+  instead of LoRA; ``scratch_tenth`` is both. What the pretrained decoder is worth, at all of the data and a tenth.
+
 ``--full-frame`` runs every trained row on the whole photo: DAQUAR's photos are 320x240, and the recipe's 224 px center
 crop (timm's eval transform: shorter side to 256, then the central 224x224) keeps 57% of each photo, two thirds of
 its width, where many questions ask what is on the left or right. Full frame: 240x320 input (EfficientNet's 8x10
@@ -113,6 +118,7 @@ def main() -> None:
     p.add_argument("--turns", type=int, default=8, help="turns rows: question/answer pairs per conversation")
     p.add_argument("--single-share", type=float, default=0.2, help="turns rows: the share of single-question steps")
     p.add_argument("--caption-steps", type=int, default=150, help="captions row: Flickr8k steps of 16 captions first")
+    p.add_argument("--scratch-lr", type=float, default=5e-4, help="scratch rows: the random decoder's learning rate")
     p.add_argument("--full-frame", action="store_true", help="trained rows see the whole 320x240 photo (20 tokens)")
     args = p.parse_args()
     setup(args)
@@ -126,6 +132,8 @@ def main() -> None:
     train, dev = split_by_image(read_rows(src / "train.jsonl"), args.dev_images)
     write_jsonl(work / "train.jsonl", train)
     write_jsonl(work / "dev.jsonl", dev)
+    tenth, _ = split_by_image(train, len({r["image"] for r in train}) * 9 // 10, seed=1)
+    write_jsonl(work / "train_tenth.jsonl", tenth)
     Image.new("RGB", (320, 240)).save(work / "black.png")
     for name, rows in (("train", train), ("dev", dev)):
         write_jsonl(work / f"{name}_blind.jsonl", [{**r, "image": "black.png"} for r in rows])
@@ -143,13 +151,21 @@ def main() -> None:
     view = FULL_FRAME if args.full_frame else []
     encoder = ("EfficientNet-Lite0 (frozen, whole photo 320x240, 8x10 grid pooled to 4x5 = 20 tokens)"
                if args.full_frame else "EfficientNet-Lite0 (frozen, 224 px center crop, 49 tokens)")
+    scratch = ["model.decoder={model: HuggingFaceTB/SmolLM2-135M-Instruct, pretrained: false}",
+               "model.trainable={image_encoder: frozen, projectors: full, decoder: full}",
+               f"optim.lr={args.scratch_lr}"]
+    tenth_size = f"{len(tenth)} Q/A on {len({r['image'] for r in tenth})} photos (a tenth), {args.steps} steps (bs 16)"
     for part, suffix, method in (("ours", "", f"{encoder} + MLP + SmolLM2 LoRA r=16"),
                                  ("blind", "_blind", "blind: the same recipe with every image black"),
+                                 ("tenth", "_tenth", f"{encoder} + MLP + SmolLM2 LoRA r=16, a tenth of the photos"),
+                                 ("scratch", "", f"{encoder} + MLP + a randomly initialised SmolLM2-135M-size decoder "
+                                  "(trained in full)"),
+                                 ("scratch_tenth", "_tenth", "same random decoder, a tenth of the photos"),
                                  ("captions", "", f"{encoder} + MLP + SmolLM2 LoRA r=16, after {args.caption_steps} "
                                   "Flickr8k captioning steps")):
         if part not in parts:
             continue
-        extra, pre_secs = [], 0.0
+        extra, pre_secs = (scratch if part.startswith("scratch") else []), 0.0
         if part == "captions":
             pre = work / "runs" / "captions_pretrain"
             _, pre_secs = run_recipe(CONFIGS / "daquar-vqa.yaml", [
@@ -159,11 +175,13 @@ def main() -> None:
             ])
             extra = [f"init_from={pre / 'final'}"]
         last, secs = run_recipe(CONFIGS / "daquar-vqa.yaml", [
-            f"data.0.train={work / f'train{suffix}.jsonl'}", f"data.0.eval={work / f'dev{suffix}.jsonl'}",
+            f"data.0.train={work / f'train{suffix}.jsonl'}",
+            f"data.0.eval={work / ('dev_blind.jsonl' if suffix == '_blind' else 'dev.jsonl')}",
             f"output_dir={work / 'runs' / part}", f"stages.0.steps={args.steps}",
             f"feature_cache={work.parent / 'feature_cache'}", *view, *extra,
         ])
-        res.add(task, method, size, secs + pre_secs, "accuracy", last.get("vqa/vqa_accuracy", float("nan")),
+        res.add(task, method, tenth_size if suffix == "_tenth" else size, secs + pre_secs, "accuracy",
+                last.get("vqa/vqa_accuracy", float("nan")),
                 "see prior / blind rows", metrics=last, eval_included_in_train_s=True,
                 **({"pretrain_s": round(pre_secs, 1)} if part == "captions" else {}))
     size = (f"{len(convs)} conversations of up to {args.turns} Q/A ({len(train)} Q/A), {args.turn_steps} steps (bs 8, "
