@@ -7,7 +7,8 @@ form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
 * ``ours``: ``mmtransfer/recipes/speechocean-asr.yaml``: ``--ctc-steps`` of CTC alignment (``objective: ctc``: the
   projector alone learns to put each spoken token's embedding at its frames, no decoder run), then ``--steps`` of
   LoRA; its eval also reports the media gain (the dev clips replaced by silence of the same length). Every trained
-  row uses ``--encoder`` (default: the recipe's Whisper base; ``openai/whisper-tiny.en`` for the earlier rows).
+  row uses ``--encoder`` (default: the recipe's Whisper base; ``openai/whisper-tiny.en`` for the earlier rows);
+  the recipe trains the encoder's last layer in the LoRA stage, ``--frozen-encoder`` keeps it frozen throughout.
 * ``noctc``: the same model with LoRA from the first step and no CTC stage (the recipe before CTC alignment).
 * ``align``: a projector-only stage on the LM loss of ``--align-steps`` first (decoder frozen), within ``--steps``.
 * ``before``: the ``asr-sentences`` recipe's design before any of the convergence changes (k=16, no output norm,
@@ -39,7 +40,8 @@ from asr_fsdd import ours as transcribe
 from asr_fsdd import score, whisper_zero_shot
 from common import CONFIGS, Results, base_parser, link_data, require, run_dir, run_recipe, setup, write_jsonl
 
-LORA = "trainable: {audio_encoder: frozen, projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}"
+LORA_FROZEN_ENCODER = "{audio_encoder: frozen, projectors: full, decoder: lora, lora: {r: 16, alpha: 32}}"
+LORA = f"trainable: {LORA_FROZEN_ENCODER}"
 FROZEN = "trainable: {audio_encoder: frozen, projectors: full, decoder: frozen}"
 
 
@@ -65,9 +67,10 @@ def before(steps: int) -> list[str]:
     return ["model.audio_projector={name: frame_stack, k: 16}", *no_ctc(steps)]
 
 
-def encoder_override(name: str) -> list[str]:
-    """The recipe's Whisper encoder swapped for ``name`` (its window and the rest of the recipe kept)."""
-    return [f"model.audio_encoder.model={name}"]
+def encoder_override(name: str, frozen: bool) -> list[str]:
+    """The recipe's Whisper encoder swapped for ``name`` (its window and the rest of the recipe kept), and (``frozen``)
+    kept frozen in the LoRA stage."""
+    return [f"model.audio_encoder.model={name}", *([f"stages.1.trainable={LORA_FROZEN_ENCODER}"] if frozen else [])]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -133,6 +136,8 @@ def main() -> None:
     p.add_argument("--decode-run", default=None, help="decode: a saved run folder (default: the ours row's)")
     p.add_argument("--encoder", default="openai/whisper-base",
                    help="the trained rows' Whisper encoder (the recipe's: openai/whisper-base)")
+    p.add_argument("--frozen-encoder", action="store_true",
+                   help="keep the encoder frozen in the LoRA stage too (the recipe trains its last layer there)")
     args = p.parse_args()
     setup(args)
     src = require(Path(args.data) / "speechocean762", "speechocean762")
@@ -156,8 +161,8 @@ def main() -> None:
     trained_s = args.finetune_seconds
     for part, extra, method in (
         ("ours", recipe(args.ctc_steps, args.steps),
-         f"{args.encoder.rsplit('/', 1)[-1]} encoder (frozen) + k=8 + RMS-normed projector: {args.ctc_steps} CTC "
-         "alignment steps, then SmolLM2 LoRA r=16"),
+         f"{args.encoder.rsplit('/', 1)[-1]} encoder ({'frozen' if args.frozen_encoder else 'last layer trained'})"
+         f" + k=8 + RMS-normed projector: {args.ctc_steps} CTC alignment steps, then SmolLM2 LoRA r=16"),
         ("noctc", no_ctc(args.steps), "same without the CTC stage (LoRA from the first step)"),
         ("align", align(args.align_steps, args.steps), f"same, a {args.align_steps}-step projector-only LM stage "
          "instead of CTC"),
@@ -168,7 +173,7 @@ def main() -> None:
         config = CONFIGS / "speechocean-asr.yaml"
         overrides = [f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={dev_m}",
                      f"output_dir={work / 'runs' / part}", f"feature_cache={work.parent / 'feature_cache'}",
-                     *encoder_override(args.encoder), *extra]
+                     *encoder_override(args.encoder, args.frozen_encoder), *extra]
         last, secs = run_recipe(config, overrides)
         preds, _, _ = transcribe(run_dir(config, overrides) / "final", dev_m, 32)
         s = score(preds, refs)
