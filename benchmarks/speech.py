@@ -9,6 +9,8 @@ form the dev split, so every dev voice is unseen. Parts (``--parts``), one run:
   LoRA; its eval also reports the media gain (the dev clips replaced by silence of the same length). Every trained
   row uses ``--encoder`` (default: the recipe's Whisper base; ``openai/whisper-tiny.en`` for the earlier rows);
   the recipe trains the encoder's last layer in the LoRA stage, ``--frozen-encoder`` keeps it frozen throughout.
+* ``tenth``: ``ours`` trained on a tenth of the training speakers (every utterance of 11 of the 110), the same
+  steps: data efficiency.
 * ``noctc``: the same model with LoRA from the first step and no CTC stage (the recipe before CTC alignment).
 * ``align``: a projector-only stage on the LM loss of ``--align-steps`` first (decoder frozen), within ``--steps``.
 * ``before``: the ``asr-sentences`` recipe's design before any of the convergence changes (k=16, no output norm,
@@ -146,6 +148,8 @@ def main() -> None:
     train, dev = split_by_speaker(read_rows(src / "train.jsonl"), args.dev_speakers)
     write_jsonl(work / "train.jsonl", train)
     write_jsonl(work / "dev.jsonl", dev)
+    tenth, _ = split_by_speaker(train, len({r["speaker"] for r in train}) * 9 // 10, seed=1)
+    write_jsonl(work / "train_tenth.jsonl", tenth)
     dev_m = work / "dev.jsonl"
     refs = [r["text"] for r in dev]
     task = f"speechocean762 dev ({len(dev)} utterances, {args.dev_speakers} unseen speakers)"
@@ -163,6 +167,8 @@ def main() -> None:
         ("ours", recipe(args.ctc_steps, args.steps),
          f"{args.encoder.rsplit('/', 1)[-1]} encoder ({'frozen' if args.frozen_encoder else 'last layer trained'})"
          f" + k=8 + RMS-normed projector: {args.ctc_steps} CTC alignment steps, then SmolLM2 LoRA r=16"),
+        ("tenth", recipe(args.ctc_steps, args.steps), f"same, on a tenth of the training speakers ({len(tenth)} "
+         "utterances)"),
         ("noctc", no_ctc(args.steps), "same without the CTC stage (LoRA from the first step)"),
         ("align", align(args.align_steps, args.steps), f"same, a {args.align_steps}-step projector-only LM stage "
          "instead of CTC"),
@@ -171,12 +177,14 @@ def main() -> None:
         if part not in parts:
             continue
         config = CONFIGS / "speechocean-asr.yaml"
-        overrides = [f"data.0.train={work / 'train.jsonl'}", f"data.0.eval={dev_m}",
+        overrides = [f"data.0.train={work / ('train_tenth.jsonl' if part == 'tenth' else 'train.jsonl')}",
+                     f"data.0.eval={dev_m}",
                      f"output_dir={work / 'runs' / part}", f"feature_cache={work.parent / 'feature_cache'}",
                      *encoder_override(args.encoder, args.frozen_encoder), *extra]
         last, secs = run_recipe(config, overrides)
         preds, _, _ = transcribe(run_dir(config, overrides) / "final", dev_m, 32)
         s = score(preds, refs)
+        size = f"{len(tenth) if part == 'tenth' else len(train)} utterances, {args.steps} LM steps (bs 8)"
         res.add(task, method, size, secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
                 metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True,
                 encoder=args.encoder)
