@@ -155,14 +155,14 @@ def main() -> None:
                "model.trainable={image_encoder: frozen, projectors: full, decoder: full}",
                f"optim.lr={args.scratch_lr}"]
     tenth_size = f"{len(tenth)} Q/A on {len({r['image'] for r in tenth})} photos (a tenth), {args.steps} steps (bs 16)"
-    for part, suffix, method in (("ours", "", f"{encoder} + MLP + SmolLM2 LoRA r=16"),
+    ours = f"{encoder} + MLP + SmolLM2 LoRA r=16"
+    for part, suffix, method in (("ours", "", ours),
                                  ("blind", "_blind", "blind: the same recipe with every image black"),
-                                 ("tenth", "_tenth", f"{encoder} + MLP + SmolLM2 LoRA r=16, a tenth of the photos"),
+                                 ("tenth", "_tenth", f"{ours}, a tenth of the photos"),
                                  ("scratch", "", f"{encoder} + MLP + a randomly initialised SmolLM2-135M-size decoder "
                                   "(trained in full)"),
                                  ("scratch_tenth", "_tenth", "same random decoder, a tenth of the photos"),
-                                 ("captions", "", f"{encoder} + MLP + SmolLM2 LoRA r=16, after {args.caption_steps} "
-                                  "Flickr8k captioning steps")):
+                                 ("captions", "", f"{ours}, after {args.caption_steps} Flickr8k captioning steps")):
         if part not in parts:
             continue
         extra, pre_secs = (scratch if part.startswith("scratch") else []), 0.0
