@@ -153,7 +153,9 @@ def main() -> None:
     dev_m = work / "dev.jsonl"
     refs = [r["text"] for r in dev]
     task = f"speechocean762 dev ({len(dev)} utterances, {args.dev_speakers} unseen speakers)"
-    size = f"{len(train)} utterances, {args.steps} LM steps (bs 8)"
+    def size(rows: list[dict]) -> str:
+        return f"{len(rows)} utterances, {args.steps} LM steps (bs 8)"
+
     parts = args.parts.split(",")
     res = Results("speech", args.out)
     if "whisper" in parts:
@@ -177,6 +179,7 @@ def main() -> None:
         if part not in parts:
             continue
         config = CONFIGS / "speechocean-asr.yaml"
+        rows = tenth if part == "tenth" else train
         overrides = [f"data.0.train={work / ('train_tenth.jsonl' if part == 'tenth' else 'train.jsonl')}",
                      f"data.0.eval={dev_m}",
                      f"output_dir={work / 'runs' / part}", f"feature_cache={work.parent / 'feature_cache'}",
@@ -184,8 +187,7 @@ def main() -> None:
         last, secs = run_recipe(config, overrides)
         preds, _, _ = transcribe(run_dir(config, overrides) / "final", dev_m, 32)
         s = score(preds, refs)
-        size = f"{len(tenth) if part == 'tenth' else len(train)} utterances, {args.steps} LM steps (bs 8)"
-        res.add(task, method, size, secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
+        res.add(task, method, size(rows), secs, "WER", s["wer"], "see the Whisper rows", cer=round(s["cer"], 4),
                 metrics=last, examples=list(zip(refs[:5], preds[:5])), eval_included_in_train_s=True,
                 encoder=args.encoder)
         trained_s = trained_s or secs
@@ -196,7 +198,7 @@ def main() -> None:
                                ("repetition_penalty 1.2", {"repetition_penalty": 1.2})):
             preds, _, secs = transcribe(model_dir, dev_m, 32, **options)
             s = score(preds, refs)
-            res.add(task, f"{model_dir.parent.name}, decoded with {label}", size, None, "WER", s["wer"], "",
+            res.add(task, f"{model_dir.parent.name}, decoded with {label}", size(train), None, "WER", s["wer"], "",
                     cer=round(s["cer"], 4), eval_s=round(secs, 1), examples=list(zip(refs[:5], preds[:5])))
     if "finetune" in parts:
         budget = trained_s or 900.0
